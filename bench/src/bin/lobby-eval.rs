@@ -1,0 +1,569 @@
+//! `lobby-eval --data DIR --out FILE.json`: accuracy of the face pipeline on a folder with the layout
+//! of `../shared/data`, per-stage latency, and a DET curve per dataset written next to the JSON.
+//!
+//! Protocols: LFW k-fold over the folds present, each fold's threshold chosen on the other folds;
+//! MFR2 stratified 10-fold likewise; TAR at a fixed FAR pooled over all impostor pairs. Liveness:
+//! APCER (attacks accepted as live) and BPCER (live faces rejected) at the service's threshold.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use lobby_bench::datasets::{self, Pair};
+use lobby_bench::metrics::{self, det_points, kfold, percentile, tar_at_far};
+use lobby_bench::plot::{det_png, Curve, COLORS};
+use lobby_models::{default_model_dir, ensure, Source};
+use lobby_service::vision::{Embedding, Vision, VisionConfig};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Liveness decision threshold on the fused p(real); the service's default.
+const LIVENESS_THRESHOLD: f32 = lobby_service::vision::liveness::DEFAULT_THRESHOLD;
+
+#[derive(Parser)]
+#[command(name = "lobby-eval", about = "Evaluate Lobby's face pipeline on a data folder")]
+struct Args {
+    /// Folder with the layout of ../shared/data.
+    #[arg(long)]
+    data: PathBuf,
+    /// JSON report; DET curves are written next to it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Installed models [env LOBBY_MODEL_DIR, default lobby-data/models]; installed from the mirror
+    /// (LOBBY_MODEL_MIRROR, default ../shared/models) or LOBBY_MODEL_BASE_URL when missing.
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Worker threads; each inference runs on one thread. Per-stage timings are cleanest at 1.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(Default)]
+struct Timings(BTreeMap<&'static str, Vec<f64>>);
+
+impl Timings {
+    fn add(&mut self, stage: &'static str, ms: f64) {
+        self.0.entry(stage).or_default().push(ms);
+    }
+}
+
+struct Ctx {
+    vision: Vision,
+    timings: Mutex<Timings>,
+}
+
+/// What the pipeline made of one image.
+#[derive(Clone)]
+struct Processed {
+    faces: usize,
+    embedding: Option<Embedding>,
+    p_real: Option<f32>,
+    error: Option<String>,
+}
+
+impl Ctx {
+    fn time<T>(&self, stage: &'static str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let r = f();
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        self.timings.lock().unwrap_or_else(|e| e.into_inner()).add(stage, ms);
+        r
+    }
+
+    /// Decode, detect, pick the primary face; then embed and/or run liveness.
+    fn process(&self, path: &Path, embed: bool, liveness: bool) -> Processed {
+        let fail = |e: String| Processed {
+            faces: 0,
+            embedding: None,
+            p_real: None,
+            error: Some(e),
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        };
+        let img = match self.time("decode", || self.vision.decode(&bytes)) {
+            Ok(i) => i,
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        };
+        let faces = match self.time("detect", || self.vision.detect(&img)) {
+            Ok(f) => f,
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        };
+        let mut out = Processed {
+            faces: faces.len(),
+            embedding: None,
+            p_real: None,
+            error: None,
+        };
+        let Some(i) = lobby_service::vision::quality::primary_face(&faces, img.width(), img.height()) else {
+            return out;
+        };
+        let face = &faces[i];
+        if embed {
+            let r = self
+                .time("align", || self.vision.align(&img, face))
+                .and_then(|aligned| self.time("embed", || self.vision.embed_aligned(&aligned)));
+            match r {
+                Ok(e) => out.embedding = Some(e),
+                Err(e) => out.error = Some(format!("{}: {e}", path.display())),
+            }
+        }
+        if liveness {
+            match self.time("liveness", || self.vision.liveness(&img, face)) {
+                Ok(l) => out.p_real = Some(l.p_real),
+                Err(e) => out.error = Some(format!("{}: {e}", path.display())),
+            }
+        }
+        out
+    }
+
+    fn process_all(&self, paths: &[PathBuf], embed: bool, liveness: bool) -> HashMap<PathBuf, Processed> {
+        paths
+            .par_iter()
+            .map(|p| (p.clone(), self.process(p, embed, liveness)))
+            .collect()
+    }
+}
+
+fn unique_images(pairs: &[Pair]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Cosine score per pair; a pair with an image where no face was found scores -1 (a non-match).
+fn pair_scores(pairs: &[Pair], done: &HashMap<PathBuf, Processed>) -> Vec<f32> {
+    pairs
+        .iter()
+        .map(|p| {
+            match (
+                done.get(&p.a).and_then(|x| x.embedding.as_ref()),
+                done.get(&p.b).and_then(|x| x.embedding.as_ref()),
+            ) {
+                (Some(a), Some(b)) => a.cosine(b),
+                _ => -1.0,
+            }
+        })
+        .collect()
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn write_det(out: &Path, name: &str, title: &str, curves: &[(&str, &[f32], &[bool])]) -> Result<PathBuf> {
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("eval");
+    let path = out.with_file_name(format!("{stem}.{name}.det.png"));
+    let pts: Vec<Vec<(f64, f64)>> = curves.iter().map(|(_, s, l)| det_points(s, l)).collect();
+    let cs: Vec<Curve> = curves
+        .iter()
+        .zip(pts.iter())
+        .enumerate()
+        .map(|(i, ((label, _, _), p))| Curve {
+            label,
+            points: p,
+            color: COLORS[i % COLORS.len()],
+        })
+        .collect();
+    det_png(&path, title, "FALSE MATCH RATE", "FALSE NON-MATCH RATE", &cs)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn eval_lfw(ctx: &Ctx, dir: &Path, out: &Path) -> Result<(Value, f32)> {
+    let pairs = datasets::lfw_pairs(dir)?;
+    let images = unique_images(&pairs);
+    eprintln!("lfw: {} pairs, {} images", pairs.len(), images.len());
+    let done = ctx.process_all(&images, true, false);
+    let found = done.values().filter(|p| p.embedding.is_some()).count();
+    let scores = pair_scores(&pairs, &done);
+    let labels: Vec<bool> = pairs.iter().map(|p| p.same).collect();
+    let folds: Vec<usize> = pairs.iter().map(|p| p.fold).collect();
+    let k = kfold(&scores, &labels, &folds);
+    let threshold = metrics::best_threshold(&scores, &labels);
+    let (tar3, thr3) = tar_at_far(&scores, &labels, 1e-3);
+    let (tar4, thr4) = tar_at_far(&scores, &labels, 1e-4);
+    let (_, thr2) = tar_at_far(&scores, &labels, 1e-2);
+    let det = write_det(out, "lfw", "LFW DET", &[("UNMASKED", &scores, &labels)])?;
+    let missing: Vec<String> = done
+        .iter()
+        .filter(|(_, p)| p.embedding.is_none())
+        .map(|(k, _)| k.display().to_string())
+        .collect();
+    let v = json!({
+        "accuracy": round(k.mean, 5),
+        "accuracy_std": round(k.std, 5),
+        "fold_accuracies": k.fold_accuracies.iter().map(|a| round(*a, 5)).collect::<Vec<_>>(),
+        "fold_thresholds": k.fold_thresholds,
+        "folds": k.fold_accuracies.len(),
+        "tar_at_far_1e-3": round(tar3, 5),
+        "threshold_at_far_1e-3": thr3,
+        "tar_at_far_1e-4": round(tar4, 5),
+        "threshold_at_far_1e-4": thr4,
+        "threshold_at_far_1e-2": thr2,
+        "threshold": threshold,
+        "faces_found": found,
+        "images": images.len(),
+        "pairs": pairs.len(),
+        "impostor_pairs": labels.iter().filter(|l| !**l).count(),
+        "images_without_face": missing,
+        "det_png": det.display().to_string(),
+    });
+    Ok((v, threshold))
+}
+
+fn eval_mfr2(ctx: &Ctx, dir: &Path, out: &Path) -> Result<Value> {
+    let pairs = datasets::mfr2_pairs(dir)?;
+    let images = unique_images(&pairs);
+    eprintln!("mfr2: {} pairs, {} images", pairs.len(), images.len());
+    let done = ctx.process_all(&images, true, false);
+    let found = done.values().filter(|p| p.embedding.is_some()).count();
+    let scores = pair_scores(&pairs, &done);
+    let labels: Vec<bool> = pairs.iter().map(|p| p.same).collect();
+    let folds: Vec<usize> = pairs.iter().map(|p| p.fold).collect();
+    let k = kfold(&scores, &labels, &folds);
+    let (tar2, thr2) = tar_at_far(&scores, &labels, 1e-2);
+    // Masked probe: exactly one of the two images masked (enrol unmasked, probe masked).
+    let one: Vec<usize> = (0..pairs.len())
+        .filter(|&i| pairs[i].masked.0 != pairs[i].masked.1)
+        .collect();
+    let one_acc = one.iter().filter(|&&i| k.correct[i]).count() as f64 / one.len().max(1) as f64;
+    let one_scores: Vec<f32> = one.iter().map(|&i| scores[i]).collect();
+    let one_labels: Vec<bool> = one.iter().map(|&i| labels[i]).collect();
+    let (one_tar2, _) = tar_at_far(&one_scores, &one_labels, 1e-2);
+    let det = write_det(
+        out,
+        "mfr2",
+        "MFR2 DET (REAL MASKS)",
+        &[
+            ("ALL PAIRS", &scores, &labels),
+            ("ONE MASKED", &one_scores, &one_labels),
+        ],
+    )?;
+    Ok(json!({
+        "accuracy": round(k.mean, 5),
+        "accuracy_std": round(k.std, 5),
+        "masked_probe_accuracy": round(one_acc, 5),
+        "masked_probe_pairs": one.len(),
+        "tar_at_far_1e-2": round(tar2, 5),
+        "threshold_at_far_1e-2": thr2,
+        "masked_probe_tar_at_far_1e-2": round(one_tar2, 5),
+        "threshold": metrics::best_threshold(&scores, &labels),
+        "faces_found": found,
+        "images": images.len(),
+        "pairs": pairs.len(),
+        "det_png": det.display().to_string(),
+    }))
+}
+
+fn eval_liveness(ctx: &Ctx, data: &Path, out: &Path) -> Result<Option<Value>> {
+    let samples = datasets::liveness_samples(data)?;
+    if samples.is_empty() {
+        return Ok(None);
+    }
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    eprintln!("liveness: {} images", paths.len());
+    let done = ctx.process_all(&paths, false, true);
+    let mut by_source: BTreeMap<&str, [usize; 6]> = BTreeMap::new(); // attacks, accepted, live, rejected, no-face attacks, no-face live
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for s in &samples {
+        let e = by_source.entry(s.source).or_default();
+        let p = done.get(&s.path).and_then(|p| p.p_real);
+        // No face found: nothing to accept, so an attack is stopped and a live guest is rejected.
+        let accepted = p.map(|p| p >= LIVENESS_THRESHOLD).unwrap_or(false);
+        if s.live {
+            e[2] += 1;
+            e[3] += (!accepted) as usize;
+            e[5] += p.is_none() as usize;
+        } else {
+            e[0] += 1;
+            e[1] += accepted as usize;
+            e[4] += p.is_none() as usize;
+        }
+        scores.push(p.unwrap_or(0.0));
+        labels.push(s.live);
+    }
+    let tot = by_source.values().fold([0usize; 6], |mut a, v| {
+        for i in 0..6 {
+            a[i] += v[i];
+        }
+        a
+    });
+    let rate = |n: usize, d: usize| {
+        if d == 0 {
+            Value::Null
+        } else {
+            json!(round(n as f64 / d as f64, 5))
+        }
+    };
+    let sources: BTreeMap<&str, Value> = by_source
+        .iter()
+        .map(|(k, v)| (*k, json!({"apcer": rate(v[1], v[0]), "bpcer": rate(v[3], v[2]), "attacks": v[0], "bona_fide": v[2], "no_face_attacks": v[4], "no_face_bona_fide": v[5]})))
+        .collect();
+    let det = write_det(out, "liveness", "LIVENESS DET", &[("NUAA + SCREEN", &scores, &labels)])?;
+    Ok(Some(json!({
+        "apcer": rate(tot[1], tot[0]),
+        "bpcer": rate(tot[3], tot[2]),
+        "threshold": LIVENESS_THRESHOLD,
+        "attacks": tot[0],
+        "bona_fide": tot[2],
+        "no_face_attacks": tot[4],
+        "no_face_bona_fide": tot[5],
+        "sources": sources,
+        "det_png": det.display().to_string(),
+        "note": "DET axes here: false match rate = attacks accepted (APCER), false non-match rate = live rejected (BPCER)",
+    })))
+}
+
+fn eval_edge_cases(ctx: &Ctx, dir: &Path) -> Result<Value> {
+    let cases = datasets::edge_cases(dir)?;
+    let paths: Vec<PathBuf> = cases.iter().map(|c| c.path.clone()).collect();
+    eprintln!("edge_cases: {} images", paths.len());
+    let done = ctx.process_all(&paths, false, false);
+    let (mut asserted, mut right) = (0, 0);
+    let mut rows = Vec::new();
+    for c in &cases {
+        let p = &done[&c.path];
+        if let Some(e) = c.expected_faces {
+            asserted += 1;
+            right += (p.faces == e) as usize;
+        }
+        rows.push(json!({"image": c.rel, "category": c.category, "expected_faces": c.expected_faces, "faces_found": p.faces, "error": p.error}));
+    }
+    Ok(json!({"images": cases.len(), "count_asserted": asserted, "count_correct": right, "per_image": rows}))
+}
+
+fn eval_uncropped(ctx: &Ctx, dir: &Path, lfw_threshold: Option<f32>) -> Result<Value> {
+    let (pairs, ids) = datasets::uncropped(dir)?;
+    let mut images = unique_images(&pairs);
+    images.extend(ids.iter().map(|(p, _)| p.clone()));
+    images.sort();
+    images.dedup();
+    eprintln!("uncropped_identities: {} pairs, {} images", pairs.len(), images.len());
+    let done = ctx.process_all(&images, true, false);
+    let scores = pair_scores(&pairs, &done);
+    let labels: Vec<bool> = pairs.iter().map(|p| p.same).collect();
+    let mean = |want: bool| {
+        let v: Vec<f32> = scores
+            .iter()
+            .zip(&labels)
+            .filter(|(_, l)| **l == want)
+            .map(|(s, _)| *s)
+            .collect();
+        v.iter().sum::<f32>() as f64 / v.len().max(1) as f64
+    };
+    // 1:N: per identity, the first image (by name) is the gallery; every other image is a probe.
+    let mut by_id: BTreeMap<&str, Vec<&PathBuf>> = BTreeMap::new();
+    for (p, id) in &ids {
+        by_id.entry(id.as_str()).or_default().push(p);
+    }
+    let mut gallery = Vec::new();
+    let mut probes = Vec::new();
+    for (id, mut v) in by_id {
+        v.sort();
+        let mut emb = v
+            .iter()
+            .filter_map(|p| done.get(*p).and_then(|x| x.embedding.clone()).map(|e| (*p, e)));
+        if let Some((_, g)) = emb.next() {
+            gallery.push((id, g));
+            probes.extend(emb.map(|(_, e)| (id, e)));
+        }
+    }
+    let rank1 = probes
+        .iter()
+        .filter(|(id, e)| {
+            gallery
+                .iter()
+                .max_by(|a, b| a.1.cosine(e).total_cmp(&b.1.cosine(e)))
+                .map(|g| g.0 == *id)
+                .unwrap_or(false)
+        })
+        .count();
+    Ok(json!({
+        "pairs": pairs.len(),
+        "images": images.len(),
+        "faces_found": done.values().filter(|p| p.embedding.is_some()).count(),
+        "accuracy_at_lfw_threshold": lfw_threshold.map(|t| round(metrics::accuracy_at(&scores, &labels, t), 5)),
+        "best_accuracy": round(metrics::accuracy_at(&scores, &labels, metrics::best_threshold(&scores, &labels)), 5),
+        "same_mean_cosine": round(mean(true), 4),
+        "different_mean_cosine": round(mean(false), 4),
+        "identification_gallery": gallery.len(),
+        "identification_probes": probes.len(),
+        "identification_rank1": round(rank1 as f64 / probes.len().max(1) as f64, 5),
+    }))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // Faiss/OpenBLAS are not used here, but keep the whole process single-threaded per worker.
+    let model_dir = args.models.clone().unwrap_or_else(default_model_dir);
+    let source = Source::from_env();
+    let paths = ensure(&model_dir, &source).with_context(|| format!("models in {}", model_dir.display()))?;
+    let t0 = Instant::now();
+    let vision = Vision::load(&paths, VisionConfig::default())?;
+    eprintln!("models loaded and planned in {:.1} s", t0.elapsed().as_secs_f64());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.max(1))
+        .build_global()?;
+    let ctx = Ctx {
+        vision,
+        timings: Mutex::new(Timings::default()),
+    };
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let data = &args.data;
+    let mut report = serde_json::Map::new();
+    let mut skipped = Vec::new();
+    let started = Instant::now();
+
+    let mut lfw_threshold = None;
+    if data.join("lfw/pairs.txt").exists() {
+        let (v, t) = eval_lfw(&ctx, &data.join("lfw"), &args.out)?;
+        lfw_threshold = Some(t);
+        report.insert("lfw".into(), v);
+    } else {
+        skipped.push("lfw");
+    }
+    if data.join("mfr2/pairs.csv").exists() {
+        report.insert("mfr2".into(), eval_mfr2(&ctx, &data.join("mfr2"), &args.out)?);
+    } else {
+        skipped.push("mfr2");
+    }
+    match eval_liveness(&ctx, data, &args.out)? {
+        Some(v) => {
+            report.insert("liveness".into(), v);
+        }
+        None => skipped.push("liveness"),
+    }
+    if data.join("edge_cases/manifest.csv").exists() {
+        report.insert("edge_cases".into(), eval_edge_cases(&ctx, &data.join("edge_cases"))?);
+    } else {
+        skipped.push("edge_cases");
+    }
+    if data.join("uncropped_identities/pairs.csv").exists() {
+        report.insert(
+            "uncropped_identities".into(),
+            eval_uncropped(&ctx, &data.join("uncropped_identities"), lfw_threshold)?,
+        );
+    } else {
+        skipped.push("uncropped_identities");
+    }
+
+    // Thresholds for the service, at stated false-match rates on the LFW impostor pairs.
+    if let Some(lfw) = report.get("lfw") {
+        report.insert(
+            "calibration".into(),
+            json!({
+                "unmasked": {
+                    "source": "lfw impostor pairs",
+                    "impostor_pairs": lfw["impostor_pairs"],
+                    "threshold_at_fmr_1e-2": lfw["threshold_at_far_1e-2"],
+                    "threshold_at_fmr_1e-3": lfw["threshold_at_far_1e-3"],
+                    "threshold_at_fmr_1e-4": lfw["threshold_at_far_1e-4"],
+                    "max_accuracy_threshold": lfw["threshold"],
+                }
+            }),
+        );
+    }
+    let timings = ctx.timings.lock().unwrap_or_else(|e| e.into_inner());
+    let timing: BTreeMap<&str, Value> = timings
+        .0
+        .iter()
+        .map(|(k, v)| {
+            (
+                *k,
+                json!({"p50": round(percentile(v, 50.0), 3), "p99": round(percentile(v, 99.0), 3), "n": v.len()}),
+            )
+        })
+        .collect();
+    report.insert("timing_ms".into(), json!(timing));
+    report.insert("threads".into(), json!(args.threads));
+    report.insert("skipped".into(), json!(skipped));
+    report.insert("data".into(), json!(data.display().to_string()));
+    report.insert("wall_seconds".into(), json!(round(started.elapsed().as_secs_f64(), 1)));
+    let report = Value::Object(report);
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")?;
+    print_summary(&report);
+    println!("report: {}", args.out.display());
+    Ok(())
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{:.2} %", x * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_summary(r: &Value) {
+    println!("== lobby-eval ==");
+    if let Some(l) = r.get("lfw") {
+        println!(
+            "LFW      accuracy {} ± {}  TAR@FAR1e-3 {}  threshold {:.4}  faces {}/{} images, {} pairs",
+            pct(&l["accuracy"]),
+            pct(&l["accuracy_std"]),
+            pct(&l["tar_at_far_1e-3"]),
+            l["threshold"].as_f64().unwrap_or(0.0),
+            l["faces_found"],
+            l["images"],
+            l["pairs"]
+        );
+    }
+    if let Some(m) = r.get("mfr2") {
+        println!(
+            "MFR2     accuracy {}  masked-probe {} ({} pairs)  TAR@FAR1e-2 {}  faces {}/{}",
+            pct(&m["accuracy"]),
+            pct(&m["masked_probe_accuracy"]),
+            m["masked_probe_pairs"],
+            pct(&m["tar_at_far_1e-2"]),
+            m["faces_found"],
+            m["images"]
+        );
+    }
+    if let Some(l) = r.get("liveness") {
+        println!(
+            "Liveness APCER {}  BPCER {}  at p(real) >= {}  ({} attacks, {} live)",
+            pct(&l["apcer"]),
+            pct(&l["bpcer"]),
+            l["threshold"],
+            l["attacks"],
+            l["bona_fide"]
+        );
+    }
+    if let Some(e) = r.get("edge_cases") {
+        println!(
+            "Edges    face count right on {}/{} asserted images",
+            e["count_correct"], e["count_asserted"]
+        );
+    }
+    if let Some(u) = r.get("uncropped_identities") {
+        println!(
+            "Uncropped accuracy at LFW threshold {}  rank-1 identification {} ({} probes)  faces {}/{}",
+            pct(&u["accuracy_at_lfw_threshold"]),
+            pct(&u["identification_rank1"]),
+            u["identification_probes"],
+            u["faces_found"],
+            u["images"]
+        );
+    }
+    if let Some(Value::Object(t)) = r.get("timing_ms") {
+        for (k, v) in t {
+            println!(
+                "time     {k:<9} p50 {:>8.2} ms  p99 {:>8.2} ms  (n={})",
+                v["p50"].as_f64().unwrap_or(0.0),
+                v["p99"].as_f64().unwrap_or(0.0),
+                v["n"]
+            );
+        }
+    }
+    if let Some(Value::Array(s)) = r.get("skipped") {
+        if !s.is_empty() {
+            println!("skipped (absent): {s:?}");
+        }
+    }
+}

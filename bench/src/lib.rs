@@ -1,0 +1,5 @@
+//! Lobby's evaluation harness and benchmarks: metrics, plots, and the dataset readers.
+
+pub mod datasets;
+pub mod metrics;
+pub mod plot;

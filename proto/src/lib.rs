@@ -1,0 +1,8 @@
+//! The Lobby API, package `lobby.v1`, generated once from `proto/lobby/v1/lobby.proto`.
+
+pub mod v1 {
+    tonic::include_proto!("lobby.v1");
+
+    /// Encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lobby_descriptor");
+}

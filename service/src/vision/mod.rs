@@ -1,0 +1,197 @@
+//! The vision pipeline: decode, detect (YuNet), quality, liveness (MiniFASNet x2), align, embed
+//! (MobileFaceNet-192). Every model is loaded once into an optimized tract plan; [`Vision`] is
+//! `Send + Sync` and shared across threads behind an `Arc`.
+
+pub mod decode;
+pub mod detect;
+pub mod embed;
+pub mod geometry;
+pub mod liveness;
+pub mod quality;
+mod runtime;
+
+pub use decode::DecodeLimits;
+pub use detect::{DetectorConfig, Face};
+pub use embed::{Embedding, ALIGNED_SIZE, EMBEDDING_DIM};
+pub use liveness::LivenessScore;
+pub use quality::Quality;
+
+use image::RgbImage;
+use lobby_models::ModelPaths;
+use std::time::Instant;
+
+/// Errors of the vision layer.
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    #[error("the image is empty")]
+    EmptyImage,
+    #[error("the image is too large: {what}")]
+    ImageTooLarge { what: String },
+    #[error("unsupported image format: {0}; send JPEG, PNG or WebP")]
+    UnsupportedFormat(String),
+    #[error("the image cannot be decoded: {0}")]
+    UndecodableImage(String),
+    #[error("cannot load model {file}: {reason}")]
+    ModelLoad { file: String, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the face landmarks are degenerate")]
+    DegenerateLandmarks,
+}
+
+impl VisionError {
+    /// True when the caller's input is at fault (a bad request), false for a server-side failure.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            VisionError::EmptyImage
+                | VisionError::ImageTooLarge { .. }
+                | VisionError::UnsupportedFormat(_)
+                | VisionError::UndecodableImage(_)
+                | VisionError::DegenerateLandmarks
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VisionConfig {
+    pub decode: DecodeLimits,
+    pub detector: DetectorConfig,
+}
+
+/// Milliseconds spent in each stage of one photo's analysis.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    pub decode_ms: f64,
+    pub detect_ms: f64,
+    pub quality_ms: f64,
+    pub liveness_ms: f64,
+    pub align_ms: f64,
+    pub embed_ms: f64,
+}
+
+/// Everything the pipeline learns about the guest's face in one photo.
+#[derive(Debug, Clone)]
+pub struct FaceAnalysis {
+    pub face: Face,
+    pub quality: Quality,
+    pub liveness: LivenessScore,
+    pub embedding: Embedding,
+}
+
+/// One photo's analysis: every face found, and the guest's face (the primary one) analysed.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub width: u32,
+    pub height: u32,
+    pub faces: Vec<Face>,
+    pub primary: Option<FaceAnalysis>,
+    pub timings: StageTimings,
+}
+
+pub struct Vision {
+    detector: detect::Detector,
+    embedder: embed::Embedder,
+    liveness: liveness::Liveness,
+    cfg: VisionConfig,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Vision {
+    /// Loads and plans every model. Call once; share the result.
+    pub fn load(paths: &ModelPaths, cfg: VisionConfig) -> Result<Vision, VisionError> {
+        Ok(Vision {
+            detector: detect::Detector::load(&paths.detector, cfg.detector)?,
+            embedder: embed::Embedder::load(&paths.embedder)?,
+            liveness: liveness::Liveness::load(&paths.liveness_v2, &paths.liveness_v1se)?,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+
+    pub fn decode(&self, bytes: &[u8]) -> Result<RgbImage, VisionError> {
+        decode::decode(bytes, &self.cfg.decode)
+    }
+
+    pub fn detect(&self, img: &RgbImage) -> Result<Vec<Face>, VisionError> {
+        self.detector.detect(img)
+    }
+
+    pub fn align(&self, img: &RgbImage, face: &Face) -> Result<RgbImage, VisionError> {
+        embed::align(img, &face.landmarks)
+    }
+
+    pub fn embed_aligned(&self, aligned: &RgbImage) -> Result<Embedding, VisionError> {
+        self.embedder.embed(aligned)
+    }
+
+    pub fn liveness(&self, img: &RgbImage, face: &Face) -> Result<LivenessScore, VisionError> {
+        self.liveness.score(img, face)
+    }
+
+    /// Decodes a photo and analyses the guest's face in it.
+    pub fn analyze_bytes(&self, bytes: &[u8]) -> Result<Analysis, VisionError> {
+        let t = Instant::now();
+        let img = self.decode(bytes)?;
+        let decode_ms = ms_since(t);
+        let mut a = self.analyze(&img)?;
+        a.timings.decode_ms = decode_ms;
+        Ok(a)
+    }
+
+    /// Analyses the guest's face in a decoded photo: detect, pick the primary face, align, quality,
+    /// liveness, embed.
+    pub fn analyze(&self, img: &RgbImage) -> Result<Analysis, VisionError> {
+        let mut timings = StageTimings::default();
+        let t = Instant::now();
+        let faces = self.detect(img)?;
+        timings.detect_ms = ms_since(t);
+        let (width, height) = (img.width(), img.height());
+        let Some(i) = quality::primary_face(&faces, width, height) else {
+            return Ok(Analysis {
+                width,
+                height,
+                faces,
+                primary: None,
+                timings,
+            });
+        };
+        let face = faces[i].clone();
+        let t = Instant::now();
+        let aligned = self.align(img, &face)?;
+        timings.align_ms = ms_since(t);
+        let t = Instant::now();
+        let quality = quality::measure(&faces, i, width, height, &aligned);
+        timings.quality_ms = ms_since(t);
+        let t = Instant::now();
+        let liveness = self.liveness(img, &face)?;
+        timings.liveness_ms = ms_since(t);
+        let t = Instant::now();
+        let embedding = self.embed_aligned(&aligned)?;
+        timings.embed_ms = ms_since(t);
+        Ok(Analysis {
+            width,
+            height,
+            faces,
+            primary: Some(FaceAnalysis {
+                face,
+                quality,
+                liveness,
+                embedding,
+            }),
+            timings,
+        })
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Vision>();
+}
