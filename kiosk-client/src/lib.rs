@@ -1,2 +1,86 @@
-//! Client library for Lobby's gRPC API: the kiosk, front-desk and reservation-system roles.
+//! Client library for Lobby's gRPC API: one authenticated client per role.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let ch = lobby_kiosk_client::connect("http://127.0.0.1:50051").await?;
+//! let mut kiosk = lobby_kiosk_client::kiosk(ch, "lby_...")?;
+//! # Ok(()) }
+//! ```
+
 pub use lobby_proto::v1 as proto;
+use proto::front_desk_service_client::FrontDeskServiceClient;
+use proto::kiosk_service_client::KioskServiceClient;
+use proto::reservation_service_client::ReservationServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message the clients send or accept (an enrolment carries up to 5 photos).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> anyhow::Result<Bearer> {
+        Ok(Bearer(format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            anyhow::anyhow!("the token has characters not allowed in a header")
+        })?))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    let addr = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(addr)?.connect().await?)
+}
+
+pub fn kiosk(ch: Channel, token: &str) -> anyhow::Result<KioskServiceClient<Authed>> {
+    Ok(KioskServiceClient::with_interceptor(ch, Bearer::new(token)?)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+pub fn staff(ch: Channel, token: &str) -> anyhow::Result<FrontDeskServiceClient<Authed>> {
+    Ok(FrontDeskServiceClient::with_interceptor(ch, Bearer::new(token)?)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+pub fn reservations(ch: Channel, token: &str) -> anyhow::Result<ReservationServiceClient<Authed>> {
+    Ok(ReservationServiceClient::with_interceptor(ch, Bearer::new(token)?)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Names for printing.
+pub fn outcome_name(o: i32) -> &'static str {
+    proto::Outcome::try_from(o)
+        .map(|o| o.as_str_name())
+        .unwrap_or("OUTCOME_UNSPECIFIED")
+        .trim_start_matches("OUTCOME_")
+}
+
+pub fn reason_names(r: &[i32]) -> Vec<&'static str> {
+    r.iter()
+        .map(|x| {
+            proto::Reason::try_from(*x)
+                .map(|r| r.as_str_name())
+                .unwrap_or("REASON_UNSPECIFIED")
+                .trim_start_matches("REASON_")
+        })
+        .collect()
+}

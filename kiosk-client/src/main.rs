@@ -1,15 +1,505 @@
 //! `lobby`: command line for kiosks, front-desk staff and reservation systems.
-use clap::Parser;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lobby_kiosk_client::{connect, kiosk, outcome_name, proto as pv, reason_names, reservations, staff};
+use std::path::{Path, PathBuf};
+use tokio_stream::StreamExt;
 
 #[derive(Parser)]
 #[command(
     name = "lobby",
     version,
-    about = "Lobby check-in client (kiosk, staff, reservations)"
+    about = "Lobby check-in client: kiosk, front-desk staff, reservation systems"
 )]
-struct Cli {}
+struct Cli {
+    /// Server address.
+    #[arg(long, global = true, env = "LOBBY_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Bearer token for the role used [or --token-file, env LOBBY_TOKEN].
+    #[arg(long, global = true, env = "LOBBY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the token (first line, or the line `ROLE=TOKEN` for this role).
+    #[arg(long, global = true, env = "LOBBY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
+#[derive(Subcommand)]
+enum Cmd {
+    /// Lobby kiosk (role kiosk).
+    Kiosk {
+        #[command(subcommand)]
+        cmd: KioskCmd,
+    },
+    /// Front-desk staff (role staff).
+    Staff {
+        #[command(subcommand)]
+        cmd: StaffCmd,
+    },
+    /// Reservation system (role enroller).
+    Reservations {
+        #[command(subcommand)]
+        cmd: ResCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KioskCmd {
+    /// Check a guest in from one photo.
+    CheckIn {
+        photo: PathBuf,
+        /// Reservation code for 1:1 matching (otherwise 1:N over today's arrivals).
+        #[arg(long)]
+        reservation: Option<String>,
+        /// File with the health-code QR text.
+        #[arg(long)]
+        qr: Option<PathBuf>,
+    },
+    /// Stream the photos of a folder as frames until the server gives a final decision.
+    Stream {
+        dir: PathBuf,
+        #[arg(long)]
+        reservation: Option<String>,
+        #[arg(long)]
+        qr: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StaffCmd {
+    /// Follow decisions needing review (pending first, then new ones).
+    Reviews {
+        #[arg(long)]
+        property: Option<String>,
+    },
+    /// Approve or deny a decision.
+    Override {
+        decision_id: String,
+        #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
+        approve: bool,
+        #[arg(long)]
+        deny: bool,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show one decision.
+    Decision { decision_id: String },
+    /// Verify the audit trail's hash chain.
+    VerifyAudit,
+}
+
+#[derive(Subcommand)]
+enum ResCmd {
+    /// Import reservations from CSV and enrol faces: columns property,reservation_code,full_name,
+    /// guest_ref,arrival,departure,consent,photos (photos separated by ';', relative to the CSV;
+    /// faces are enrolled only where consent is "yes").
+    Import {
+        csv: PathBuf,
+        #[arg(long, default_value = "booking-form")]
+        consent_method: String,
+        #[arg(long, default_value = "v1")]
+        consent_version: String,
+    },
+    /// Show a reservation.
+    Get { property: String, reservation: String },
+    /// Set a guest's health-code status.
+    Health {
+        property: String,
+        reservation: String,
+        /// GREEN, YELLOW, RED or UNKNOWN.
+        #[arg(long)]
+        colour: String,
+        /// Hours of validity from now.
+        #[arg(long, default_value_t = 24)]
+        valid_hours: i64,
+        #[arg(long, default_value = "pms")]
+        source: String,
+    },
+    /// Erase a guest: templates deleted, personal fields cleared.
+    Erase {
+        property: String,
+        reservation: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+fn token(cli: &Cli, role: &str) -> Result<String> {
+    if let Some(t) = &cli.token {
+        return Ok(t.clone());
+    }
+    if let Some(f) = &cli.token_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let prefix = format!("{role}=");
+        let line = text.lines().find_map(|l| l.strip_prefix(&prefix)).or_else(|| {
+            text.lines()
+                .find(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.contains('='))
+        });
+        return line
+            .map(|l| l.trim().to_string())
+            .context("no token for this role in the token file");
+    }
+    bail!("give --token, --token-file or LOBBY_TOKEN")
+}
+
+fn read_qr(p: &Option<PathBuf>) -> Result<String> {
+    Ok(match p {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    })
+}
+
+fn print_checkin(r: &pv::CheckInResponse) {
+    println!(
+        "decision  {}",
+        if r.decision_id.is_empty() {
+            "(guidance only)"
+        } else {
+            &r.decision_id
+        }
+    );
+    println!("outcome   {}", outcome_name(r.outcome));
+    println!("reasons   {}", reason_names(&r.reasons).join(", "));
+    println!("message   {}", r.guest_message);
+    if !r.reservation_code.is_empty() {
+        println!("reservation {}", r.reservation_code);
+    }
+    println!("match     {:.3} (threshold {:.3})", r.match_score, r.match_threshold);
+    println!(
+        "liveness  {:.3} (threshold {:.3}, live: {})",
+        r.liveness_score, r.liveness_threshold, r.live
+    );
+    if let Some(h) = &r.health_used {
+        println!(
+            "health    {} ({})",
+            pv::HealthColour::try_from(h.colour)
+                .map(|c| c.as_str_name())
+                .unwrap_or("?"),
+            h.source
+        );
+    }
+    if let Some(t) = &r.timings {
+        println!(
+            "timings   decode {:.1} detect {:.1} quality {:.1} liveness {:.1} align {:.1} embed {:.1} search {:.1} decide {:.1} total {:.1} ms",
+            t.decode_ms, t.detect_ms, t.quality_ms, t.liveness_ms, t.align_ms, t.embed_ms, t.search_ms, t.decide_ms, t.total_ms
+        );
+    }
+}
+
+fn print_decision(d: &pv::DecisionRecord) {
+    println!(
+        "{}  {}  {} -> {}  [{}]  reservation {}  score {:.3}/{:.3}  kiosk {}{}",
+        d.decision_id,
+        d.property_id,
+        outcome_name(d.outcome),
+        outcome_name(d.final_outcome),
+        reason_names(&d.reasons).join(","),
+        if d.reservation_code.is_empty() {
+            "-"
+        } else {
+            &d.reservation_code
+        },
+        d.match_score,
+        d.match_threshold,
+        d.kiosk_id,
+        d.r#override
+            .as_ref()
+            .map(|o| format!("  overridden by {}: {}", o.staff_id, o.reason))
+            .unwrap_or_default()
+    );
+}
+
+fn photo_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ch = connect(&cli.addr)
+        .await
+        .with_context(|| format!("connecting to {}", cli.addr))?;
+    match &cli.cmd {
+        Cmd::Kiosk { cmd } => {
+            let mut c = kiosk(ch, &token(&cli, "kiosk")?)?;
+            match cmd {
+                KioskCmd::CheckIn { photo, reservation, qr } => {
+                    let bytes = std::fs::read(photo).with_context(|| format!("reading {}", photo.display()))?;
+                    let t = std::time::Instant::now();
+                    let r = c
+                        .check_in(pv::CheckInRequest {
+                            photo: bytes,
+                            reservation_code: reservation.clone().unwrap_or_default(),
+                            health_qr: read_qr(qr)?,
+                        })
+                        .await?
+                        .into_inner();
+                    print_checkin(&r);
+                    println!("client    {:.1} ms round trip", t.elapsed().as_secs_f64() * 1000.0);
+                }
+                KioskCmd::Stream { dir, reservation, qr } => {
+                    let qr = read_qr(qr)?;
+                    let code = reservation.clone().unwrap_or_default();
+                    let mut frames = Vec::new();
+                    for p in photo_files(dir)? {
+                        frames.push(pv::CheckInRequest {
+                            photo: std::fs::read(&p)?,
+                            reservation_code: code.clone(),
+                            health_qr: qr.clone(),
+                        });
+                    }
+                    let mut answers = c.check_in_stream(tokio_stream::iter(frames)).await?.into_inner();
+                    let mut n = 0;
+                    while let Some(a) = answers.next().await {
+                        n += 1;
+                        println!("-- frame {n}");
+                        print_checkin(&a?);
+                    }
+                }
+            }
+        }
+        Cmd::Staff { cmd } => {
+            let mut c = staff(ch, &token(&cli, "staff")?)?;
+            match cmd {
+                StaffCmd::Reviews { property } => {
+                    let mut s = c
+                        .stream_reviews(pv::StreamReviewsRequest {
+                            property_id: property.clone().unwrap_or_default(),
+                        })
+                        .await?
+                        .into_inner();
+                    while let Some(d) = s.next().await {
+                        print_decision(&d?);
+                    }
+                }
+                StaffCmd::Override {
+                    decision_id,
+                    approve,
+                    deny: _,
+                    reason,
+                } => {
+                    let action = if *approve {
+                        pv::OverrideAction::Approve
+                    } else {
+                        pv::OverrideAction::Deny
+                    };
+                    let d = c
+                        .override_decision(pv::OverrideDecisionRequest {
+                            decision_id: decision_id.clone(),
+                            action: action as i32,
+                            reason: reason.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    print_decision(&d);
+                }
+                StaffCmd::Decision { decision_id } => {
+                    let d = c
+                        .get_decision(pv::GetDecisionRequest {
+                            decision_id: decision_id.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    print_decision(&d);
+                }
+                StaffCmd::VerifyAudit => {
+                    let v = c.verify_audit_trail(pv::VerifyAuditTrailRequest {}).await?.into_inner();
+                    println!("intact {}  entries {}  {}", v.intact, v.entries, v.detail);
+                    if !v.intact {
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+        Cmd::Reservations { cmd } => {
+            let mut c = reservations(ch, &token(&cli, "enroller")?)?;
+            match cmd {
+                ResCmd::Import {
+                    csv,
+                    consent_method,
+                    consent_version,
+                } => {
+                    import(&mut c, csv, consent_method, consent_version).await?;
+                }
+                ResCmd::Get { property, reservation } => {
+                    let r = c
+                        .get_reservation(pv::GetReservationRequest {
+                            property_id: property.clone(),
+                            reservation_code: reservation.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    println!("{r:#?}");
+                }
+                ResCmd::Health {
+                    property,
+                    reservation,
+                    colour,
+                    valid_hours,
+                    source,
+                } => {
+                    let colour = match colour.to_ascii_uppercase().as_str() {
+                        "GREEN" => pv::HealthColour::Green,
+                        "YELLOW" => pv::HealthColour::Yellow,
+                        "RED" => pv::HealthColour::Red,
+                        "UNKNOWN" => pv::HealthColour::Unknown,
+                        other => bail!("unknown colour {other}"),
+                    };
+                    let now = chrono::Utc::now().timestamp_millis();
+                    let r = c
+                        .update_health_code(pv::UpdateHealthCodeRequest {
+                            property_id: property.clone(),
+                            reservation_code: reservation.clone(),
+                            status: Some(pv::HealthStatus {
+                                colour: colour as i32,
+                                issued_at_ms: now,
+                                expires_at_ms: now + valid_hours * 3_600_000,
+                                source: source.clone(),
+                            }),
+                        })
+                        .await?
+                        .into_inner();
+                    println!("{} health {}", r.reservation_code, colour.as_str_name());
+                }
+                ResCmd::Erase {
+                    property,
+                    reservation,
+                    reason,
+                } => {
+                    let r = c
+                        .erase_guest(pv::EraseGuestRequest {
+                            property_id: property.clone(),
+                            reservation_code: reservation.clone(),
+                            reason: reason.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    println!("erased guest {}: {} templates deleted", r.guest_id, r.templates_deleted);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `today` or `today+N` as a date; anything else as written.
+fn relative_date(s: &str) -> String {
+    let today = chrono::Local::now().date_naive();
+    match s.strip_prefix("today") {
+        Some("") => today.to_string(),
+        Some(rest) => match rest.strip_prefix('+').and_then(|n| n.parse::<u64>().ok()) {
+            Some(n) => (today + chrono::Days::new(n)).to_string(),
+            None => s.to_string(),
+        },
+        None => s.to_string(),
+    }
+}
+
+async fn import(
+    c: &mut pv::reservation_service_client::ReservationServiceClient<lobby_kiosk_client::Authed>,
+    csv: &Path,
+    consent_method: &str,
+    consent_version: &str,
+) -> Result<()> {
+    let text = std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    let base = csv.parent().unwrap_or(Path::new("."));
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().context("empty CSV")?.split(',').map(str::trim).collect();
+    let col = |n: &str| {
+        header
+            .iter()
+            .position(|h| *h == n)
+            .with_context(|| format!("CSV column {n} missing"))
+    };
+    let (cp, cc, cn, cr, ca, cd, cs, cph) = (
+        col("property")?,
+        col("reservation_code")?,
+        col("full_name")?,
+        col("guest_ref")?,
+        col("arrival")?,
+        col("departure")?,
+        col("consent")?,
+        col("photos")?,
+    );
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(|s| s.trim().to_string()).collect())
+        .collect();
+    let bar = ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut ok, mut enrolled, mut failed) = (0, 0, 0);
+    for r in rows {
+        let get = |i: usize| r.get(i).cloned().unwrap_or_default();
+        let day = |i: usize| relative_date(&get(i));
+        bar.set_message(get(cc));
+        let res = pv::Reservation {
+            property_id: get(cp),
+            reservation_code: get(cc),
+            guest: Some(pv::Guest {
+                guest_id: String::new(),
+                full_name: get(cn),
+                guest_ref: get(cr),
+            }),
+            arrival_date: day(ca),
+            departure_date: day(cd),
+            status: pv::ReservationStatus::Booked as i32,
+            ..Default::default()
+        };
+        if let Err(e) = c
+            .upsert_reservation(pv::UpsertReservationRequest { reservation: Some(res) })
+            .await
+        {
+            bar.println(format!("{}: reservation refused: {}", get(cc), e.message()));
+            failed += 1;
+            bar.inc(1);
+            continue;
+        }
+        ok += 1;
+        if get(cs).eq_ignore_ascii_case("yes") {
+            let mut photos = Vec::new();
+            for p in get(cph).split(';').filter(|p| !p.is_empty()) {
+                photos.push(std::fs::read(base.join(p)).with_context(|| format!("reading {p}"))?);
+            }
+            match c
+                .enroll_face(pv::EnrollFaceRequest {
+                    property_id: get(cp),
+                    reservation_code: get(cc),
+                    photos,
+                    consent: Some(pv::Consent {
+                        granted: true,
+                        method: consent_method.into(),
+                        text_version: consent_version.into(),
+                        recorded_at_ms: 0,
+                    }),
+                })
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.templates_stored > 0 {
+                        enrolled += 1;
+                    } else {
+                        let why: Vec<String> = r.photos.iter().map(|p| p.rejection_reason.clone()).collect();
+                        bar.println(format!("{}: no photo accepted ({})", get(cc), why.join(", ")));
+                    }
+                }
+                Err(e) => bar.println(format!("{}: enrolment refused: {}", get(cc), e.message())),
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_with_message("done");
+    println!("{ok} reservations imported, {enrolled} faces enrolled, {failed} refused");
     Ok(())
 }

@@ -1,37 +1,69 @@
-//! The gRPC server as a testable entry point: `run(listener, shutdown)` on any bound listener.
+//! The gRPC server as a testable entry point: [`run`] serves on any bound listener until a shutdown
+//! future completes (tests bind `127.0.0.1:0`).
 
-use crate::vision::Vision;
+use crate::api::{FrontDesk, Kiosk, Reservations};
+use crate::app::App;
+use crate::auth::{AuthLayer, Credentials};
+use lobby_proto::v1 as pv;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-/// What the server shares between requests.
-pub struct AppState {
-    pub vision: Arc<Vision>,
-}
-
-/// Serves on `listener` until `shutdown` completes. Readiness is reported through `grpc.health.v1`:
-/// SERVING once the models are loaded (they are, by the time `AppState` exists).
+/// Serves the three Lobby services, `grpc.health.v1` and reflection on `listener` until `shutdown`
+/// completes. Health reports SERVING: by the time an [`App`] exists the models are loaded and the
+/// store is open.
 pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-    state: Arc<AppState>,
+    app: Arc<App>,
+    creds: Arc<Credentials>,
 ) -> anyhow::Result<()> {
-    let _ = &state.vision;
+    let limits = app.settings.limits.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    for name in [
+        "lobby.v1.ReservationService",
+        "lobby.v1.KioskService",
+        "lobby.v1.FrontDeskService",
+    ] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lobby_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(pv::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let max = limits.max_message_bytes;
+    let reservations = pv::reservation_service_server::ReservationServiceServer::new(Reservations(app.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let kiosk = pv::kiosk_service_server::KioskServiceServer::new(Kiosk(app.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let front_desk = pv::front_desk_service_server::FrontDeskServiceServer::new(FrontDesk(app.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     Server::builder()
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .layer(AuthLayer::new(creds))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(reservations)
+        .add_service(kiosk)
+        .add_service(front_desk)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            app.begin_shutdown();
+        })
         .await?;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     Ok(())
 }

@@ -85,3 +85,133 @@ pub fn vision() -> Option<Arc<Vision>> {
 pub fn read(data: &Path, rel: &str) -> Vec<u8> {
     std::fs::read(data.join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
 }
+
+/// A real `lobby-server` on `127.0.0.1:0` with its own data directory and one token per role.
+pub mod server {
+    use super::*;
+    use lobby_kiosk_client as client;
+    use lobby_service::app::App;
+    use lobby_service::auth::{hash_token, new_token, Credentials};
+    use lobby_service::config::{Role, Settings, TokenEntry};
+    use tokio::sync::oneshot;
+
+    pub const PROPERTY: &str = "hotel-test";
+    pub const OTHER_PROPERTY: &str = "hotel-other";
+
+    pub struct Tokens {
+        pub kiosk: String,
+        pub other_kiosk: String,
+        pub staff: String,
+        pub enroller: String,
+    }
+
+    pub struct TestServer {
+        pub addr: String,
+        pub tokens: Tokens,
+        pub data_dir: PathBuf,
+        stop: Option<oneshot::Sender<()>>,
+        handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    }
+
+    /// A fresh, empty data directory under target/.
+    pub fn scratch_dir(name: &str) -> PathBuf {
+        let d = workspace_root()
+            .join("target/lobby-test-data")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        d
+    }
+
+    /// Starts a server on `data_dir` (reusing its store if present). `issuer_key` is the base64
+    /// Ed25519 public key of the trusted health-code issuer. `tokens` reuses earlier credentials.
+    pub async fn start(data_dir: &Path, issuer_key: &str, tokens: Option<Tokens>) -> Option<TestServer> {
+        start_with(data_dir, issuer_key, tokens, |_| {}).await
+    }
+
+    pub async fn start_with(
+        data_dir: &Path,
+        issuer_key: &str,
+        tokens: Option<Tokens>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Option<TestServer> {
+        let vision = vision()?;
+        let mut s = Settings::load_from(None, std::iter::empty()).expect("defaults");
+        s.data_dir = data_dir.to_path_buf();
+        s.health.issuer_public_keys = vec![issuer_key.to_string()];
+        tweak(&mut s);
+        let tokens = tokens.unwrap_or_else(|| Tokens {
+            kiosk: new_token(),
+            other_kiosk: new_token(),
+            staff: new_token(),
+            enroller: new_token(),
+        });
+        let entry = |id: &str, role: Role, t: &str, p: Option<&str>| TokenEntry {
+            id: id.into(),
+            role,
+            sha256: lobby_service::auth::hex_digest(&hash_token(t)),
+            property: p.map(str::to_string),
+        };
+        let creds = Credentials::new(&[
+            entry("kiosk-lobby-1", Role::Kiosk, &tokens.kiosk, Some(PROPERTY)),
+            entry("kiosk-other-1", Role::Kiosk, &tokens.other_kiosk, Some(OTHER_PROPERTY)),
+            entry("staff-alice", Role::Staff, &tokens.staff, None),
+            entry("pms", Role::Enroller, &tokens.enroller, None),
+        ])
+        .expect("credentials");
+        let app = Arc::new(App::start(s, vision).expect("app starts"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(lobby_service::server::run(
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+            app,
+            Arc::new(creds),
+        ));
+        Some(TestServer {
+            addr,
+            tokens,
+            data_dir: data_dir.to_path_buf(),
+            stop: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    impl TestServer {
+        pub async fn channel(&self) -> tonic::transport::Channel {
+            client::connect(&self.addr).await.expect("connect")
+        }
+        pub async fn kiosk(&self) -> client::proto::kiosk_service_client::KioskServiceClient<client::Authed> {
+            client::kiosk(self.channel().await, &self.tokens.kiosk).unwrap()
+        }
+        pub async fn staff(&self) -> client::proto::front_desk_service_client::FrontDeskServiceClient<client::Authed> {
+            client::staff(self.channel().await, &self.tokens.staff).unwrap()
+        }
+        pub async fn enroller(
+            &self,
+        ) -> client::proto::reservation_service_client::ReservationServiceClient<client::Authed> {
+            client::reservations(self.channel().await, &self.tokens.enroller).unwrap()
+        }
+        /// Stops the server and waits for it; returns its tokens for a restart.
+        pub async fn stop(mut self) -> Tokens {
+            if let Some(tx) = self.stop.take() {
+                let _ = tx.send(());
+            }
+            if let Some(h) = self.handle.take() {
+                let _ = h.await;
+            }
+            std::mem::replace(
+                &mut self.tokens,
+                Tokens {
+                    kiosk: String::new(),
+                    other_kiosk: String::new(),
+                    staff: String::new(),
+                    enroller: String::new(),
+                },
+            )
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Typed settings: embedded defaults, then a TOML file (`--config`), then environment overrides
+//! (`LOBBY__SECTION__KEY=value`, e.g. `LOBBY__POLICY__MATCH_THRESHOLD=0.45`), validated at start.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The defaults, as a TOML document (also the reference for every setting).
+pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub models: ModelSettings,
+    pub limits: Limits,
+    pub gallery: GallerySettings,
+    pub policy: Policy,
+    pub health: HealthSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Where models are installed and loaded from; empty = `<data_dir>/models`.
+    pub dir: String,
+    /// Mirror folder to install from when a model is missing.
+    pub mirror: String,
+    /// Base URL to install from instead of the mirror, when set.
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_pixels: u64,
+    pub request_timeout_ms: u64,
+    /// Photo analyses running at once; a request beyond this waits up to `queue_wait_ms`, then gets
+    /// RESOURCE_EXHAUSTED.
+    pub max_concurrent_analyses: usize,
+    pub queue_wait_ms: u64,
+    pub max_photos_per_enrolment: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GallerySettings {
+    /// Faiss index factory string; the index is wrapped in an IDMap when it has none.
+    pub index_factory: String,
+    /// Days before arrival and after departure that a guest is still searched 1:N.
+    pub stay_slack_days: i64,
+    /// Candidates fetched from the index per 1:N search (before the stay filter).
+    pub search_k: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyOutcome {
+    Approved,
+    Review,
+    Denied,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// The target false-match rate the thresholds were calibrated at (documentation and check).
+    pub target_fmr: f64,
+    /// 1:1 cosine threshold (unmasked probe), from `lobby-eval` calibration at `target_fmr`.
+    pub match_threshold: f32,
+    /// The per-comparison false-match rate for 1:N, stricter than 1:1 since N guests are compared.
+    pub target_fmr_1n: f64,
+    /// 1:N cosine threshold, calibrated at `target_fmr_1n`.
+    pub match_threshold_1n: f32,
+    /// Scores in [threshold - review_band, threshold) go to REVIEW rather than a plain no-match.
+    pub review_band: f32,
+    /// 1:N: the best guest must beat the second-best guest by this much, else REVIEW.
+    pub margin: f32,
+    pub liveness_threshold: f32,
+    /// What a face that fails liveness gets: review (front desk looks) or denied.
+    pub liveness_fail: PolicyOutcome,
+    pub min_face_px: f32,
+    pub min_brightness: f32,
+    pub max_brightness: f32,
+    pub min_sharpness: f32,
+    pub max_yaw_deg: f32,
+    pub max_pitch_deg: f32,
+    pub max_roll_deg: f32,
+    pub max_out_of_frame: f32,
+    /// Enrolment is stricter than check-in: a bad template hurts every later check-in.
+    pub enrol_min_face_px: f32,
+    pub health_green: PolicyOutcome,
+    pub health_yellow: PolicyOutcome,
+    pub health_red: PolicyOutcome,
+    pub health_unknown: PolicyOutcome,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Ed25519 public keys (32 bytes, base64) of the health-code issuers whose QR codes count.
+    pub issuer_public_keys: Vec<String>,
+    /// A QR issued longer ago than this is stale, whatever its expiry says.
+    pub qr_max_age_secs: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Extra credential files (TOML with `[[token]]` entries) to load, besides `tokens` below.
+    #[serde(default)]
+    pub token_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Kiosk,
+    Staff,
+    Enroller,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Kiosk => "kiosk",
+            Role::Staff => "staff",
+            Role::Enroller => "enroller",
+        }
+    }
+}
+
+/// A credential: only the sha256 of the token is ever stored.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// Who holds it (kiosk id, staff id, system name); recorded in the audit trail.
+    pub id: String,
+    pub role: Role,
+    /// Hex sha256 of the bearer token.
+    pub sha256: String,
+    /// The property a kiosk serves (required for kiosks; optional scope for others).
+    #[serde(default)]
+    pub property: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid setting {key}: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// `LOBBY__POLICY__MATCH_THRESHOLD=0.45` sets `policy.match_threshold`. Values are read as TOML
+/// (numbers, booleans, arrays), falling back to a plain string.
+fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> toml::Value {
+    let mut root = toml::Value::Table(Default::default());
+    for (k, v) in vars {
+        let Some(path) = k.strip_prefix("LOBBY__") else {
+            continue;
+        };
+        let keys: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(v));
+        let mut node = toml::Value::Table(Default::default());
+        let mut leaf = Some(value);
+        for key in keys.iter().rev() {
+            let mut t = toml::Table::new();
+            t.insert(key.clone(), leaf.take().unwrap_or(node));
+            node = toml::Value::Table(t);
+        }
+        merge(&mut root, node);
+    }
+    root
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_from(file, std::env::vars())
+    }
+
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut v: toml::Value =
+            toml::from_str(DEFAULTS_TOML).map_err(|e| ConfigError::Parse(format!("defaults: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+                path: path.to_path_buf(),
+                err,
+            })?;
+            let over: toml::Value =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
+            merge(&mut v, over);
+        }
+        merge(&mut v, env_overrides(env));
+        let s: Settings = v
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn model_dir(&self) -> PathBuf {
+        if self.models.dir.is_empty() {
+            self.data_dir.join("models")
+        } else {
+            PathBuf::from(&self.models.dir)
+        }
+    }
+
+    pub fn model_source(&self) -> lobby_models::Source {
+        if self.models.base_url.is_empty() {
+            lobby_models::Source::Mirror(PathBuf::from(&self.models.mirror))
+        } else {
+            lobby_models::Source::BaseUrl(self.models.base_url.clone())
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, why: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                why: why.to_string(),
+            })
+        };
+        let p = &self.policy;
+        let unit = |x: f32| (-1.0..=1.0).contains(&x);
+        if !unit(p.match_threshold) || !unit(p.match_threshold_1n) {
+            return bad("policy.match_threshold", "must be a cosine in [-1, 1]");
+        }
+        if !(0.0..=1.0).contains(&p.review_band) || !(0.0..=1.0).contains(&p.margin) {
+            return bad("policy.review_band / policy.margin", "must be in [0, 1]");
+        }
+        if !(0.0..=1.0).contains(&p.liveness_threshold) {
+            return bad("policy.liveness_threshold", "must be a probability in [0, 1]");
+        }
+        if p.liveness_fail == PolicyOutcome::Approved {
+            return bad(
+                "policy.liveness_fail",
+                "a face that fails liveness can never be approved",
+            );
+        }
+        if p.health_red == PolicyOutcome::Approved || p.health_unknown == PolicyOutcome::Approved {
+            return bad(
+                "policy.health_red / health_unknown",
+                "RED or UNKNOWN health can never be approved",
+            );
+        }
+        if !(p.target_fmr > 0.0 && p.target_fmr < 1.0 && p.target_fmr_1n > 0.0 && p.target_fmr_1n <= p.target_fmr) {
+            return bad(
+                "policy.target_fmr_1n",
+                "FMR targets must be in (0, 1), the 1:N one no looser than 1:1",
+            );
+        }
+        if p.match_threshold_1n < p.match_threshold {
+            return bad(
+                "policy.match_threshold_1n",
+                "must not be below the 1:1 threshold (its FMR is stricter)",
+            );
+        }
+        if p.min_brightness >= p.max_brightness {
+            return bad("policy.min_brightness", "must be below max_brightness");
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024
+            || l.max_pixels == 0
+            || l.max_concurrent_analyses == 0
+            || l.request_timeout_ms == 0
+        {
+            return bad("limits", "sizes, concurrency and timeout must be positive");
+        }
+        if l.max_photos_per_enrolment == 0 || l.max_photos_per_enrolment > 5 {
+            return bad("limits.max_photos_per_enrolment", "must be 1-5");
+        }
+        if self.gallery.search_k == 0 || self.gallery.stay_slack_days < 0 {
+            return bad("gallery", "search_k must be positive and stay_slack_days not negative");
+        }
+        for k in &self.health.issuer_public_keys {
+            if crate::health::parse_public_key(k).is_err() {
+                return bad(
+                    "health.issuer_public_keys",
+                    "each key must be 32 bytes of base64 (Ed25519)",
+                );
+            }
+        }
+        if self.health.qr_max_age_secs <= 0 {
+            return bad("health.qr_max_age_secs", "must be positive");
+        }
+        for t in &self.auth.tokens {
+            if t.sha256.len() != 64 || hex::decode(&t.sha256).is_err() {
+                return bad("auth.tokens.sha256", "must be 64 hex characters");
+            }
+            if t.role == Role::Kiosk && t.property.as_deref().unwrap_or("").is_empty() {
+                return bad("auth.tokens.property", "a kiosk token must name its property");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load_from(None, std::iter::empty()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+        assert!(s.policy.match_threshold > 0.2 && s.policy.match_threshold < 0.6);
+    }
+
+    #[test]
+    fn env_overrides_win_and_are_validated() {
+        let env = vec![("LOBBY__POLICY__MATCH_THRESHOLD".to_string(), "0.45".to_string())];
+        let s = Settings::load_from(None, env.into_iter()).unwrap();
+        assert_eq!(s.policy.match_threshold, 0.45);
+        let env = vec![("LOBBY__POLICY__LIVENESS_FAIL".to_string(), "approved".to_string())];
+        assert!(matches!(
+            Settings::load_from(None, env.into_iter()),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let env = vec![("LOBBY__LISTEN".to_string(), "127.0.0.1:1234".to_string())];
+        assert_eq!(Settings::load_from(None, env.into_iter()).unwrap().listen.port(), 1234);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let env = vec![("LOBBY__POLICY__MATCH_TRESHOLD".to_string(), "0.5".to_string())];
+        assert!(matches!(
+            Settings::load_from(None, env.into_iter()),
+            Err(ConfigError::Parse(_))
+        ));
+    }
+}
