@@ -98,7 +98,7 @@ pub enum Error {
         expected: String,
         actual: String,
     },
-    #[error("cannot fetch {file} from {source_desc}: {reason}")]
+    #[error("cannot fetch {file} from {source_desc}: {reason}; {HOW_TO_FETCH}")]
     Fetch {
         file: String,
         source_desc: String,

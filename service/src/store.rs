@@ -319,6 +319,19 @@ fn res_row(r: &rusqlite::Row) -> rusqlite::Result<ReservationView> {
     })
 }
 
+const TPL_SELECT: &str = "SELECT id, guest_id, property_id, model_id, kind, vector FROM templates";
+
+fn tpl_row(r: &rusqlite::Row) -> rusqlite::Result<StoredTemplate> {
+    Ok(StoredTemplate {
+        id: r.get(0)?,
+        guest_id: r.get(1)?,
+        property_id: r.get(2)?,
+        model_id: r.get(3)?,
+        kind: r.get(4)?,
+        vector: blob_to_vec(&r.get::<_, Vec<u8>>(5)?),
+    })
+}
+
 const DEC_SELECT: &str =
     "SELECT d.id, d.property_id, d.kiosk_id, d.created_at_ms, d.outcome, d.reasons, d.reservation_code,
     d.guest_id, d.match_score, d.match_threshold, d.live, d.liveness_score, d.masked, d.health_colour, d.guest_message,
@@ -584,37 +597,16 @@ impl Store for SqliteStore {
 
     fn all_templates(&self) -> Result<Vec<StoredTemplate>> {
         self.with(|c| {
-            let mut st =
-                c.prepare("SELECT id, guest_id, property_id, model_id, kind, vector FROM templates ORDER BY id")?;
-            let rows = st.query_map([], |r| {
-                Ok(StoredTemplate {
-                    id: r.get(0)?,
-                    guest_id: r.get(1)?,
-                    property_id: r.get(2)?,
-                    model_id: r.get(3)?,
-                    kind: r.get(4)?,
-                    vector: blob_to_vec(&r.get::<_, Vec<u8>>(5)?),
-                })
-            })?;
+            let mut st = c.prepare(&format!("{TPL_SELECT} ORDER BY id"))?;
+            let rows = st.query_map([], tpl_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
 
     fn guest_templates(&self, guest_id: &str) -> Result<Vec<StoredTemplate>> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT id, guest_id, property_id, model_id, kind, vector FROM templates WHERE guest_id = ?1 ORDER BY id",
-            )?;
-            let rows = st.query_map(params![guest_id], |r| {
-                Ok(StoredTemplate {
-                    id: r.get(0)?,
-                    guest_id: r.get(1)?,
-                    property_id: r.get(2)?,
-                    model_id: r.get(3)?,
-                    kind: r.get(4)?,
-                    vector: blob_to_vec(&r.get::<_, Vec<u8>>(5)?),
-                })
-            })?;
+            let mut st = c.prepare(&format!("{TPL_SELECT} WHERE guest_id = ?1 ORDER BY id"))?;
+            let rows = st.query_map(params![guest_id], tpl_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }

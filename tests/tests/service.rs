@@ -972,3 +972,51 @@ async fn stream_gives_guidance_until_a_final_decision() {
     assert!(got[0].decision_id.is_empty() && !got[2].decision_id.is_empty());
     s.stop().await;
 }
+
+/// More photos at once than the analysis bound: the excess is answered RESOURCE_EXHAUSTED, nothing
+/// crashes, and the server serves again once the load is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_resource_exhausted_and_the_server_recovers() {
+    let Some(data) = data_dir() else { return };
+    let Some(s) = start_with(&scratch_dir("overload"), &public_key_b64(&issuer()), None, |st| {
+        st.limits.max_concurrent_analyses = 1;
+        st.limits.queue_wait_ms = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    // A large photo keeps the one analysis slot busy for a while.
+    let big = read(&data, "uncropped_identities/images/compreface_personA/001_A.jpg");
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let mut k = s.kiosk().await;
+        let photo = big.clone();
+        calls.push(tokio::spawn(async move {
+            k.check_in(pv::CheckInRequest {
+                photo,
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    let (mut ok, mut exhausted) = (0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Code::ResourceExhausted => exhausted += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(ok >= 1 && exhausted >= 1, "{ok} answered, {exhausted} exhausted");
+    let r = s
+        .kiosk()
+        .await
+        .check_in(pv::CheckInRequest {
+            photo: big,
+            ..Default::default()
+        })
+        .await;
+    assert!(r.is_ok(), "after the burst: {r:?}");
+    s.stop().await;
+}

@@ -1,10 +1,11 @@
 //! `lobby-inspect [--aligned DIR] IMAGE...`: what the pipeline sees in each photo (faces, scores,
 //! quality, liveness) and the cosine similarity of each photo's guest face to the first one's, for
 //! looking into a single case. With `--aligned DIR`, writes the aligned 112x112 crops there (local
-//! debugging only; never commit them). Prints no embeddings.
+//! debugging only; never commit them), each also with a synthetic mask. Prints no embeddings.
 use anyhow::Result;
 use lobby_models::{default_model_dir, ensure, Source};
 use lobby_service::vision::embed::{alignment_transform, ARCFACE_TEMPLATE};
+use lobby_service::vision::mask::{self, MaskSpec, SplitMix};
 use lobby_service::vision::{Embedding, Vision, VisionConfig};
 use std::path::PathBuf;
 
@@ -54,6 +55,12 @@ fn main() -> Result<()> {
                 let img = v.decode(&bytes)?;
                 std::fs::create_dir_all(dir)?;
                 v.align(&img, &f.face)?.save(dir.join(format!("{n:03}.png")))?;
+                // The same face with a synthetic mask (style drawn from the photo's index).
+                let spec = MaskSpec::random(&mut SplitMix::new(n as u64));
+                if let Some(masked) = mask::render(&img, &f.face.landmarks, &spec) {
+                    v.align(&masked, &f.face)?
+                        .save(dir.join(format!("{n:03}-masked.png")))?;
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod detect;
 pub mod embed;
 pub mod geometry;
 pub mod liveness;
+pub mod mask;
 pub mod quality;
 mod runtime;
 
