@@ -115,6 +115,24 @@ async fn check_in(s: &TestServer, photo: &Path, code: &str, qr: &str) -> pv::Che
         .into_inner()
 }
 
+/// A fresh server with one guest enrolled (the first identity with at least `min_photos` photos,
+/// first photo) whose stored health code is `colour`, valid now.
+async fn one_guest(
+    name: &str,
+    colour: pv::HealthColour,
+    min_photos: usize,
+) -> Option<(TestServer, String, Vec<PathBuf>)> {
+    let data = data_dir()?;
+    let s = start(&scratch_dir(name), &public_key_b64(&issuer()), None).await?;
+    let (id, photos) = identities(&data)
+        .into_iter()
+        .find(|(_, p)| p.len() >= min_photos)
+        .expect("uncropped_identities has an identity with enough photos");
+    enrol(&s, &id, &photos[0]).await;
+    set_health(&s, &id, colour, true).await;
+    Some((s, id, photos))
+}
+
 fn outcome(r: &pv::CheckInResponse) -> pv::Outcome {
     pv::Outcome::try_from(r.outcome).unwrap()
 }
@@ -355,14 +373,10 @@ async fn health_codes_and_qr_payloads() {
 /// from the credentials, and it is in the audit trail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staff_override_of_a_review_is_recorded_and_audited() {
-    let Some(data) = data_dir() else { return };
-    let Some(s) = start(&scratch_dir("override"), &public_key_b64(&issuer()), None).await else {
+    let Some((s, id, photos)) = one_guest("override", pv::HealthColour::Yellow, 2).await else {
         return;
     };
-    let ids = identities(&data);
-    let (id, photos) = ids.iter().find(|(_, p)| p.len() >= 2).unwrap();
-    enrol(&s, id, &photos[0]).await;
-    set_health(&s, id, pv::HealthColour::Yellow, true).await;
+    let id = &id;
     let r = check_in(&s, &photos[1], "", "").await;
     assert_eq!(outcome(&r), pv::Outcome::Review);
     let mut staff = s.staff().await;
@@ -466,14 +480,11 @@ async fn staff_override_of_a_review_is_recorded_and_audited() {
 /// Erasure: the guest is no longer matched, templates are gone from the store and the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_guest_is_no_longer_matched() {
-    let Some(data) = data_dir() else { return };
-    let Some(s) = start(&scratch_dir("erase"), &public_key_b64(&issuer()), None).await else {
+    // YELLOW: the check-in is a REVIEW, so the guest is not checked in before the erasure.
+    let Some((s, id, photos)) = one_guest("erase", pv::HealthColour::Yellow, 2).await else {
         return;
     };
-    let ids = identities(&data);
-    let (id, photos) = ids.iter().find(|(_, p)| p.len() >= 2).unwrap();
-    enrol(&s, id, &photos[0]).await;
-    set_health(&s, id, pv::HealthColour::Yellow, true).await; // REVIEW, so the guest is not checked in
+    let id = &id;
     let before = check_in(&s, &photos[1], "", "").await;
     assert_eq!(before.reservation_code, code_of(id), "matched before erasure");
     let db_path = s.data_dir.join("lobby.sqlite3");
@@ -738,14 +749,9 @@ async fn restart_keeps_reservations_templates_and_decisions() {
 /// An audit row altered in the SQLite file is named by VerifyAuditTrail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn altered_audit_row_is_named() {
-    let Some(data) = data_dir() else { return };
-    let Some(s) = start(&scratch_dir("tamper"), &public_key_b64(&issuer()), None).await else {
+    let Some((s, _id, photos)) = one_guest("tamper", pv::HealthColour::Red, 2).await else {
         return;
     };
-    let ids = identities(&data);
-    let (id, photos) = ids.iter().find(|(_, p)| p.len() >= 2).unwrap();
-    enrol(&s, id, &photos[0]).await;
-    set_health(&s, id, pv::HealthColour::Red, true).await;
     let r = check_in(&s, &photos[1], "", "").await;
     assert_eq!(outcome(&r), pv::Outcome::Denied);
     let mut staff = s.staff().await;
