@@ -24,16 +24,22 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    // Faiss and OpenBLAS must not start their own thread pools on top of ours.
+fn main() -> anyhow::Result<()> {
+    // Faiss and OpenBLAS must not start their own thread pools on top of ours. Set before any thread
+    // exists (the async runtime is built below).
     if std::env::var_os("OMP_NUM_THREADS").is_none() {
         std::env::set_var("OMP_NUM_THREADS", "1");
     }
-    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(Args::parse()))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let mut settings = Settings::load(args.config.as_deref())?;
     if let Some(l) = args.listen {
         settings.listen = l;
