@@ -484,6 +484,13 @@ mod tests {
         }
     }
 
+    fn one_to_one(r: &ReservationView, score: f32) -> MatchFacts {
+        MatchFacts::OneToOne {
+            reservation: Some(r.clone()),
+            score: Some(score),
+        }
+    }
+
     fn run(a: Option<&FaceAnalysis>, m: Option<&MatchFacts>, qr: Option<&Result<HealthRecord, QrProblem>>) -> Decision {
         decide(&policy(), a, m, qr, today(), NOW)
     }
@@ -611,36 +618,15 @@ mod tests {
         let f = face(0.99);
         let mut r = reservation(Colour::Green);
         r.status = ResStatus::CheckedIn;
-        let d = run(
-            Some(&f),
-            Some(&MatchFacts::OneToOne {
-                reservation: Some(r.clone()),
-                score: Some(0.9),
-            }),
-            None,
-        );
+        let d = run(Some(&f), Some(&one_to_one(&r, 0.9)), None);
         assert!(d.reasons.contains(&Reason::AlreadyCheckedIn) && d.outcome == Outcome::Review);
         r.status = ResStatus::Booked;
         r.arrival = today().succ_opt().unwrap();
         r.departure = r.arrival.succ_opt().unwrap();
-        let d = run(
-            Some(&f),
-            Some(&MatchFacts::OneToOne {
-                reservation: Some(r.clone()),
-                score: Some(0.9),
-            }),
-            None,
-        );
+        let d = run(Some(&f), Some(&one_to_one(&r, 0.9)), None);
         assert!(d.reasons.contains(&Reason::WrongArrivalDay) && d.outcome == Outcome::Review);
         r.status = ResStatus::Cancelled;
-        let d = run(
-            Some(&f),
-            Some(&MatchFacts::OneToOne {
-                reservation: Some(r),
-                score: Some(0.9),
-            }),
-            None,
-        );
+        let d = run(Some(&f), Some(&one_to_one(&r, 0.9)), None);
         assert_eq!(d.outcome, Outcome::Denied);
         let d = run(
             Some(&f),
