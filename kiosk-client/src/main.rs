@@ -174,6 +174,11 @@ fn print_checkin(r: &pv::CheckInResponse) {
         "liveness  {:.3} (threshold {:.3}, live: {})",
         r.liveness_score, r.liveness_threshold, r.live
     );
+    println!(
+        "mask      {} (p {:.3})",
+        if r.masked { "masked" } else { "none" },
+        r.mask_score
+    );
     if let Some(h) = &r.health_used {
         println!(
             "health    {} ({})",

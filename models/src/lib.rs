@@ -28,7 +28,17 @@ pub struct ModelSpec {
     pub role: String,
     pub input: String,
     pub output: String,
+    /// Weights we trained ourselves, committed under `models/trained/` and compiled into the
+    /// binaries; installed like the others (sha256-checked), never fetched from a source.
+    #[serde(default)]
+    pub trained: bool,
 }
+
+/// The self-trained models, by file name (`models/trained/README.md` says how each was made).
+const TRAINED: &[(&str, &[u8])] = &[(
+    "mask_detector_probe.onnx",
+    include_bytes!("../trained/mask_detector_probe.onnx"),
+)];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -122,6 +132,7 @@ pub struct ModelPaths {
     pub embedder: PathBuf,
     pub liveness_v2: PathBuf,
     pub liveness_v1se: PathBuf,
+    pub mask_detector: PathBuf,
 }
 
 impl ModelPaths {
@@ -139,6 +150,7 @@ impl ModelPaths {
             embedder: p("embedder"),
             liveness_v2: p("liveness_v2"),
             liveness_v1se: p("liveness_v1se"),
+            mask_detector: p("mask_detector"),
         }
     }
 }
@@ -202,12 +214,25 @@ pub fn install(dir: &Path, source: &Source) -> Result<Vec<(String, Installed)>, 
             done.push((spec.file.clone(), Installed::AlreadyPresent));
             continue;
         }
-        let bytes = fetch(source, &spec.file)?;
+        let (bytes, from) = if spec.trained {
+            let bytes = TRAINED
+                .iter()
+                .find(|(f, _)| *f == spec.file)
+                .map(|(_, b)| b.to_vec())
+                .ok_or_else(|| Error::Fetch {
+                    file: spec.file.clone(),
+                    source_desc: "models/trained".into(),
+                    reason: "not compiled in".into(),
+                })?;
+            (bytes, "models/trained (compiled in)".to_string())
+        } else {
+            (fetch(source, &spec.file)?, source.to_string())
+        };
         let actual = hex::encode(Sha256::digest(&bytes));
         if actual != spec.sha256 {
             return Err(Error::FetchedCorrupt {
                 file: spec.file.clone(),
-                source_desc: source.to_string(),
+                source_desc: from,
                 expected: spec.sha256.clone(),
                 actual,
             });
@@ -278,12 +303,25 @@ mod tests {
     }
 
     #[test]
-    fn manifest_parses_and_lists_the_four_models() {
+    fn manifest_parses_and_lists_the_models() {
         let m = Manifest::embedded();
-        for id in ["detector", "embedder", "liveness_v2", "liveness_v1se"] {
+        for id in ["detector", "embedder", "liveness_v2", "liveness_v1se", "mask_detector"] {
             let s = m.get(id).unwrap();
             assert_eq!(s.sha256.len(), 64, "{id}");
             assert!(s.file.ends_with(".onnx"));
+        }
+    }
+
+    #[test]
+    fn trained_models_are_compiled_in_with_the_manifest_sha256_and_size() {
+        let m = Manifest::embedded();
+        let trained: Vec<&ModelSpec> = m.models.iter().filter(|s| s.trained).collect();
+        assert!(!trained.is_empty());
+        for s in trained {
+            let (_, bytes) = TRAINED.iter().find(|(f, _)| *f == s.file).expect("compiled in");
+            assert_eq!(hex::encode(Sha256::digest(bytes)), s.sha256, "{}", s.file);
+            assert_eq!(bytes.len() as u64, s.bytes, "{}", s.file);
+            assert!(s.bytes <= 10 * 1024 * 1024, "self-trained weights stay under 10 MB");
         }
     }
 

@@ -179,8 +179,8 @@ fn checkin_to_proto(c: &CheckIn, liveness_threshold: f32) -> pv::CheckInResponse
         live: d.live,
         liveness_score: primary.map(|p| p.liveness.p_real).unwrap_or(0.0),
         liveness_threshold,
-        masked: false,
-        mask_score: 0.0,
+        masked: primary.is_some_and(|p| p.mask.masked),
+        mask_score: primary.map(|p| p.mask.p_masked).unwrap_or(0.0),
         health_used: d.health_used.as_ref().map(health_to_proto),
         timings: Some(pv::StageTimings {
             decode_ms: t.decode_ms,

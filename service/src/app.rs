@@ -3,7 +3,7 @@
 
 use crate::auth::Caller;
 use crate::config::Settings;
-use crate::gallery::{Gallery, GalleryError};
+use crate::gallery::{self, Gallery, GalleryError, TemplateKind};
 use crate::health::{self, HealthRecord, QrProblem};
 use crate::policy::{self, Decision, MatchFacts, Outcome};
 use crate::store::{
@@ -71,7 +71,8 @@ pub fn today() -> NaiveDate {
     Local::now().date_naive()
 }
 
-/// The embedder's identity, stored with every template.
+/// The embedder's identity, stored with every template. Templates of another embedder are not
+/// comparable and are not searched.
 pub fn model_id() -> String {
     let m = lobby_models::Manifest::embedded();
     let sha = m
@@ -146,17 +147,18 @@ impl App {
     pub fn with_store(settings: Settings, vision: Arc<Vision>, store: Arc<dyn Store>) -> anyhow::Result<App> {
         let gallery = Gallery::new(EMBEDDING_DIM as u32, &settings.gallery.index_factory)?;
         let model_id = model_id();
-        let mut by_property: HashMap<String, Vec<(i64, String, Vec<f32>)>> = HashMap::new();
+        let mut by_property: HashMap<String, Vec<gallery::Item>> = HashMap::new();
         let mut other_model = 0;
         for t in store.all_templates()? {
-            if t.model_id != model_id {
+            let kind = TemplateKind::parse(&t.kind);
+            let Some(kind) = kind.filter(|_| t.model_id == model_id) else {
                 other_model += 1;
                 continue;
-            }
+            };
             by_property
                 .entry(t.property_id)
                 .or_default()
-                .push((t.id, t.guest_id, t.vector));
+                .push((t.id, t.guest_id, kind, t.vector));
         }
         for (p, items) in &by_property {
             gallery.add(p, items)?;
@@ -214,8 +216,11 @@ impl App {
         self.reviews.subscribe()
     }
 
-    /// Runs the vision pipeline on a worker thread, within the concurrency bound.
-    pub async fn analyze(&self, photo: Vec<u8>) -> Result<Analysis> {
+    /// Runs `work` on the vision pipeline on a worker thread, within the concurrency bound.
+    async fn with_vision<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Vision) -> std::result::Result<T, VisionError> + Send + 'static,
+    ) -> Result<T> {
         let wait = Duration::from_millis(self.settings.limits.queue_wait_ms);
         let permit = tokio::time::timeout(wait, self.analyses.clone().acquire_owned())
             .await
@@ -224,11 +229,31 @@ impl App {
         let vision = self.vision.clone();
         let r = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            vision.analyze_bytes(&photo)
+            work(&vision)
         })
         .await
         .map_err(|_| AppError::Internal("analysis task failed".into()))?;
         Ok(r?)
+    }
+
+    /// Analyses a photo's guest face.
+    pub async fn analyze(&self, photo: Vec<u8>) -> Result<Analysis> {
+        self.with_vision(move |v| v.analyze_bytes(&photo)).await
+    }
+
+    /// [`App::analyze`] for an enrolment photo: also the masked template of the guest's face
+    /// ([`Vision::masked_template`]).
+    pub async fn analyze_for_enrolment(&self, photo: Vec<u8>) -> Result<(Analysis, Option<Embedding>)> {
+        self.with_vision(move |v| {
+            let img = v.decode(&photo)?;
+            let a = v.analyze(&img)?;
+            let masked = match &a.primary {
+                Some(f) => v.masked_template(&img, &f.face)?,
+                None => None,
+            };
+            Ok((a, masked))
+        })
+        .await
     }
 
     pub fn upsert_reservation(&self, caller: &Caller, r: &ReservationInput) -> Result<ReservationView> {
@@ -280,7 +305,7 @@ impl App {
         let mut outcomes = Vec::new();
         let mut templates = Vec::new();
         for photo in photos {
-            let a = match self.analyze(photo).await {
+            let (a, masked) = match self.analyze_for_enrolment(photo).await {
                 Ok(a) => a,
                 Err(AppError::InvalidArgument(_)) => {
                     outcomes.push(PhotoOutcome {
@@ -322,9 +347,16 @@ impl App {
             };
             if rejection.is_none() {
                 templates.push(NewTemplate {
-                    kind: "clean".into(),
+                    kind: TemplateKind::Clean.as_str().into(),
                     vector: f.embedding.0,
                 });
+                // Mask-aware enrolment: the same photo with synthetic masks, for masked check-ins.
+                if let Some(m) = masked {
+                    templates.push(NewTemplate {
+                        kind: TemplateKind::Masked.as_str().into(),
+                        vector: m.0,
+                    });
+                }
             }
             outcomes.push(PhotoOutcome {
                 faces_found,
@@ -344,13 +376,17 @@ impl App {
             &caller.id,
             now_ms(),
         )?;
-        let items: Vec<(i64, String, Vec<f32>)> = ids
+        let items: Vec<gallery::Item> = ids
             .iter()
             .zip(templates)
-            .map(|(id, t)| (*id, guest_id.clone(), t.vector))
+            .map(|(id, t)| {
+                let kind = TemplateKind::parse(&t.kind).unwrap_or(TemplateKind::Clean);
+                (*id, guest_id.clone(), kind, t.vector)
+            })
             .collect();
         self.gallery.add(property, &items)?;
-        Ok((guest_id, outcomes, items.len()))
+        let clean = items.iter().filter(|i| i.2 == TemplateKind::Clean).count();
+        Ok((guest_id, outcomes, clean))
     }
 
     /// Erases a guest: templates out of the store and the index, personal fields cleared, audited.
@@ -368,11 +404,21 @@ impl App {
         !r.erased && matches!(r.status, ResStatus::Booked | ResStatus::CheckedIn) && from <= today && today < to
     }
 
-    fn best_of(probe: &Embedding, templates: &[Vec<f32>]) -> Option<f32> {
-        templates
-            .iter()
-            .map(|t| probe.cosine(&Embedding(t.clone())))
-            .reduce(f32::max)
+    /// A probe's 1:1 score against one guest's templates (`gallery::fused`); `None` without a
+    /// clean template.
+    fn score_against(probe: &Embedding, masked_probe: bool, templates: &[(TemplateKind, Vec<f32>)]) -> Option<f32> {
+        let best = |kind: TemplateKind| {
+            templates
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, t)| probe.cosine(&Embedding(t.clone())))
+                .reduce(f32::max)
+        };
+        Some(gallery::fused(
+            masked_probe,
+            best(TemplateKind::Clean)?,
+            best(TemplateKind::Masked),
+        ))
     }
 
     /// Runs the pipeline, matching and policy for one photo, without recording anything.
@@ -393,14 +439,14 @@ impl App {
                 let reservation = self.store.get_reservation(&property, code)?;
                 let score = match &reservation {
                     Some(r) if !r.erased => {
-                        let ts: Vec<Vec<f32>> = self
+                        let ts: Vec<(TemplateKind, Vec<f32>)> = self
                             .store
                             .guest_templates(&r.guest_id)?
                             .into_iter()
                             .filter(|t| t.model_id == self.model_id)
-                            .map(|t| t.vector)
+                            .filter_map(|t| Some((TemplateKind::parse(&t.kind)?, t.vector)))
                             .collect();
-                        Self::best_of(&a.embedding, &ts)
+                        Self::score_against(&a.embedding, a.mask.masked, &ts)
                     }
                     _ => None,
                 };
@@ -414,11 +460,13 @@ impl App {
                         .or_insert_with(|| self.store.reservation_of_guest(g).ok().flatten())
                         .clone()
                 };
-                let hits = self
-                    .gallery
-                    .search(&property, &a.embedding.0, self.settings.gallery.search_k, |g| {
-                        lookup(g).map(|r| self.eligible(&r, today)).unwrap_or(false)
-                    })?;
+                let hits = self.gallery.search(
+                    &property,
+                    &a.embedding.0,
+                    a.mask.masked,
+                    self.settings.gallery.search_k,
+                    |g| lookup(g).map(|r| self.eligible(&r, today)).unwrap_or(false),
+                )?;
                 let best = hits.first().and_then(|h| lookup(&h.guest_id).map(|r| (r, h.score)));
                 Some(MatchFacts::OneToN {
                     best,
@@ -487,7 +535,7 @@ impl App {
             match_threshold: d.threshold,
             live: d.live,
             liveness_score: eval.analysis.primary.as_ref().map(|a| a.liveness.p_real).unwrap_or(0.0),
-            masked: false,
+            masked: eval.analysis.primary.as_ref().is_some_and(|a| a.mask.masked),
             health_colour: d
                 .health_used
                 .as_ref()

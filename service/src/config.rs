@@ -76,6 +76,11 @@ pub struct Policy {
     pub target_fmr_1n: f64,
     /// 1:N cosine threshold, calibrated at `target_fmr_1n`.
     pub match_threshold_1n: f32,
+    /// The same two thresholds for a probe the mask detector calls masked: its score is the mean of
+    /// its similarity to the clean and to the masked templates, calibrated by `lobby-eval` at the
+    /// same false-match rates on synthetically masked probes.
+    pub match_threshold_masked: f32,
+    pub match_threshold_1n_masked: f32,
     /// Scores in [threshold - review_band, threshold) go to REVIEW rather than a plain no-match.
     pub review_band: f32,
     /// 1:N: the best guest must beat the second-best guest by this much, else REVIEW.
@@ -255,7 +260,15 @@ impl Settings {
         };
         let p = &self.policy;
         let unit = |x: f32| (-1.0..=1.0).contains(&x);
-        if !unit(p.match_threshold) || !unit(p.match_threshold_1n) {
+        if ![
+            p.match_threshold,
+            p.match_threshold_1n,
+            p.match_threshold_masked,
+            p.match_threshold_1n_masked,
+        ]
+        .into_iter()
+        .all(unit)
+        {
             return bad("policy.match_threshold", "must be a cosine in [-1, 1]");
         }
         if !(0.0..=1.0).contains(&p.review_band) || !(0.0..=1.0).contains(&p.margin) {
@@ -282,7 +295,7 @@ impl Settings {
                 "FMR targets must be in (0, 1), the 1:N one no looser than 1:1",
             );
         }
-        if p.match_threshold_1n < p.match_threshold {
+        if p.match_threshold_1n < p.match_threshold || p.match_threshold_1n_masked < p.match_threshold_masked {
             return bad(
                 "policy.match_threshold_1n",
                 "must not be below the 1:1 threshold (its FMR is stricter)",

@@ -281,9 +281,12 @@ pub fn decide(
     today: NaiveDate,
     now_ms: i64,
 ) -> Decision {
-    let threshold = match matching {
-        Some(MatchFacts::OneToN { .. }) => p.match_threshold_1n,
-        _ => p.match_threshold,
+    let masked = analysis.is_some_and(|a| a.mask.masked);
+    let threshold = match (matching, masked) {
+        (Some(MatchFacts::OneToN { .. }), false) => p.match_threshold_1n,
+        (Some(MatchFacts::OneToN { .. }), true) => p.match_threshold_1n_masked,
+        (_, false) => p.match_threshold,
+        (_, true) => p.match_threshold_masked,
     };
     let retry = |reasons: Vec<Reason>, live: bool| Decision {
         outcome: Outcome::Retry,
@@ -411,6 +414,7 @@ mod tests {
     use crate::vision::detect::Face;
     use crate::vision::embed::ARCFACE_TEMPLATE;
     use crate::vision::geometry::BBox;
+    use crate::vision::MaskScore;
     use crate::vision::{Embedding, LivenessScore, Quality};
 
     const NOW: i64 = 1_800_000_000_000;
@@ -451,6 +455,10 @@ mod tests {
                 p_real_v1se: p_real,
             },
             embedding: Embedding(vec![]),
+            mask: MaskScore {
+                p_masked: 0.02,
+                masked: false,
+            },
         }
     }
 
@@ -500,6 +508,37 @@ mod tests {
         let d = run(Some(&face(0.99)), Some(&one_to_n(Colour::Green, 0.8, Some(0.1))), None);
         assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
         assert!(d.reasons.contains(&Reason::Matched) && d.reasons.contains(&Reason::HealthGreen));
+    }
+
+    #[test]
+    fn a_masked_face_is_judged_against_the_masked_thresholds() {
+        let p = policy();
+        let mut masked = face(0.99);
+        masked.mask = MaskScore {
+            p_masked: 0.97,
+            masked: true,
+        };
+        let r = reservation(Colour::Green);
+        for (m, unmasked_t, masked_t) in [
+            (one_to_one(&r, 0.0), p.match_threshold, p.match_threshold_masked),
+            (
+                one_to_n(Colour::Green, 0.0, None),
+                p.match_threshold_1n,
+                p.match_threshold_1n_masked,
+            ),
+        ] {
+            assert_eq!(run(Some(&face(0.99)), Some(&m), None).threshold, unmasked_t);
+            assert_eq!(run(Some(&masked), Some(&m), None).threshold, masked_t);
+        }
+        // A score between the two thresholds: approved or not depending on the mask verdict.
+        let (lo, hi) = (
+            p.match_threshold_masked.min(p.match_threshold),
+            p.match_threshold_masked.max(p.match_threshold),
+        );
+        let between = one_to_one(&r, (lo + hi) / 2.0);
+        let a = run(Some(&face(0.99)), Some(&between), None).outcome;
+        let b = run(Some(&masked), Some(&between), None).outcome;
+        assert_ne!(a, b, "thresholds {lo} / {hi}");
     }
 
     #[test]

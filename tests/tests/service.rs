@@ -488,10 +488,15 @@ async fn erased_guest_is_no_longer_matched() {
     let before = check_in(&s, &photos[1], "", "").await;
     assert_eq!(before.reservation_code, code_of(id), "matched before erasure");
     let db_path = s.data_dir.join("lobby.sqlite3");
-    let blob: Vec<u8> = rusqlite::Connection::open(&db_path)
-        .unwrap()
-        .query_row("SELECT vector FROM templates", [], |r| r.get(0))
-        .unwrap();
+    // Mask-aware enrolment stored two templates of the one photo: clean and masked.
+    let blobs: Vec<(String, Vec<u8>)> = {
+        let c = rusqlite::Connection::open(&db_path).unwrap();
+        let mut q = c.prepare("SELECT kind, vector FROM templates ORDER BY id").unwrap();
+        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let kinds: Vec<&str> = blobs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["clean", "masked"]);
     let e = s
         .enroller()
         .await
@@ -503,7 +508,7 @@ async fn erased_guest_is_no_longer_matched() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(e.templates_deleted, 1);
+    assert_eq!(e.templates_deleted, 2);
     let after = check_in(&s, &photos[1], "", "").await;
     assert_ne!(outcome(&after), pv::Outcome::Approved);
     assert!(
@@ -527,10 +532,12 @@ async fn erased_guest_is_no_longer_matched() {
     // The template bytes are nowhere in the database files.
     for f in ["lobby.sqlite3", "lobby.sqlite3-wal"] {
         if let Ok(bytes) = std::fs::read(s.data_dir.join(f)) {
-            assert!(
-                !bytes.windows(64).any(|w| w == &blob[..64]),
-                "template bytes still in {f}"
-            );
+            for (kind, blob) in &blobs {
+                assert!(
+                    !bytes.windows(64).any(|w| w == &blob[..64]),
+                    "{kind} template bytes still in {f}"
+                );
+            }
         }
     }
     s.stop().await;
@@ -715,7 +722,7 @@ async fn restart_keeps_reservations_templates_and_decisions() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(res.templates, 1);
+    assert_eq!(res.templates, 2, "one enrolment photo: a clean and a masked template");
     assert!(res.consent_recorded);
     let d = s
         .staff()
@@ -1024,5 +1031,139 @@ async fn overload_is_resource_exhausted_and_the_server_recovers() {
         })
         .await;
     assert!(r.is_ok(), "after the burst: {r:?}");
+    s.stop().await;
+}
+
+/// MFR2 identities with their photos and real mask labels (from pairs.csv): (unmasked, masked).
+fn mfr2_identities(data: &Path) -> BTreeMap<String, (Vec<PathBuf>, Vec<PathBuf>)> {
+    let dir = data.join("mfr2");
+    let text = std::fs::read_to_string(dir.join("pairs.csv")).expect("mfr2/pairs.csv");
+    let mut label: BTreeMap<String, bool> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        label.insert(f[0].to_string(), f[3] != "no-mask");
+        label.insert(f[1].to_string(), f[4] != "no-mask");
+    }
+    let mut m: BTreeMap<String, (Vec<PathBuf>, Vec<PathBuf>)> = BTreeMap::new();
+    for (rel, masked) in label {
+        let id = rel.split('/').nth(1).expect("images/ID/file").to_string();
+        let e = m.entry(id).or_default();
+        if masked {
+            e.1.push(dir.join(&rel))
+        } else {
+            e.0.push(dir.join(&rel))
+        }
+    }
+    m
+}
+
+/// Mask-tolerant check-in on real masks: guests enrolled from an unmasked photo (MFR2) check in
+/// wearing a mask (1:1 with the reservation code) -> the answer says masked and uses the masked
+/// threshold; masked guests are APPROVED for their own reservation (the calibration promises only a
+/// modest rate at FMR 1e-4, bench/RESULTS.md "Masks", so the test asserts some, and prints how
+/// many), and never for anyone else's. Masked strangers (MFR2 identities not enrolled) are never
+/// APPROVED, 1:N or with a guest's code.
+///
+/// MFR2 photos are web images, not live captures, so liveness is off here (as in the 1:N test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_guests_enrolled_unmasked_check_in() {
+    let s_policy_masked_threshold = || {
+        lobby_service::config::Settings::load_from(None, std::iter::empty())
+            .expect("defaults")
+            .policy
+            .match_threshold_masked
+    };
+    let Some(data) = data_dir() else { return };
+    let Some(s) = start_with(&scratch_dir("masked"), &public_key_b64(&issuer()), None, |st| {
+        st.policy.liveness_threshold = 0.0;
+    })
+    .await
+    else {
+        return;
+    };
+    let ids: Vec<(String, (Vec<PathBuf>, Vec<PathBuf>))> = mfr2_identities(&data)
+        .into_iter()
+        .filter(|(_, (clean, masked))| !clean.is_empty() && !masked.is_empty())
+        .collect();
+    assert!(ids.len() >= 10, "MFR2 has identities with masked and unmasked photos");
+    // Every other identity is a guest; the rest are strangers.
+    let (guests, strangers): (Vec<_>, Vec<_>) = ids.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let mut enrolled = Vec::new();
+    for (_, (id, (clean, _))) in &guests {
+        let r = enrol(&s, id, &clean[0]).await;
+        if r.templates_stored == 1 {
+            set_health(&s, id, pv::HealthColour::Green, true).await;
+            enrolled.push(id.clone());
+        }
+    }
+    assert!(
+        enrolled.len() * 10 >= guests.len() * 8,
+        "enrolment refused too many: {enrolled:?}"
+    );
+    let (mut approved, mut probes, mut called_masked, mut approved_masked) = (0, 0, 0, 0);
+    let masked_threshold = s_policy_masked_threshold();
+    for (_, (id, (_, masked))) in guests.iter().filter(|(_, (id, _))| enrolled.contains(id)) {
+        let r = check_in(&s, &masked[0], &code_of(id), "").await;
+        if outcome(&r) == pv::Outcome::Retry {
+            continue;
+        }
+        probes += 1;
+        called_masked += r.masked as usize;
+        if r.masked {
+            assert!(r.mask_score >= 0.5, "{id}: masked with p {}", r.mask_score);
+            assert_eq!(
+                r.match_threshold, masked_threshold,
+                "{id}: a masked face uses the masked threshold"
+            );
+        }
+        if outcome(&r) == pv::Outcome::Approved {
+            assert_eq!(r.reservation_code, code_of(id));
+            approved += 1;
+            approved_masked += r.masked as usize;
+        }
+        eprintln!(
+            "masked guest {id}: {:?} score {:.3} / {:.3} masked {} (p {:.2})",
+            outcome(&r),
+            r.match_score,
+            r.match_threshold,
+            r.masked,
+            r.mask_score
+        );
+    }
+    assert!(probes >= 8, "too few usable masked photos ({probes})");
+    // The detector is right on ~93 % of MFR2 faces (lobby-eval): most of these must be called masked.
+    assert!(
+        called_masked * 3 >= probes * 2,
+        "mask detector: {called_masked}/{probes} called masked"
+    );
+    // A masked guest enrolled unmasked, recognised as masked, is approved for their reservation.
+    assert!(
+        approved_masked >= 1,
+        "no masked guest approved ({approved}/{probes} approved in all)"
+    );
+    // Masked strangers: 1:N, and 1:1 with a guest's reservation code.
+    let mut stranger_probes = 0;
+    for (k, (_, (id, (_, masked)))) in strangers.iter().enumerate() {
+        for photo in masked {
+            let r = check_in(&s, photo, "", "").await;
+            assert_ne!(
+                outcome(&r),
+                pv::Outcome::Approved,
+                "masked stranger {id} approved as {}",
+                r.reservation_code
+            );
+            let victim = &enrolled[k % enrolled.len()];
+            let r = check_in(&s, photo, &code_of(victim), "").await;
+            assert_ne!(
+                outcome(&r),
+                pv::Outcome::Approved,
+                "masked stranger {id} approved as {victim}"
+            );
+            stranger_probes += 2;
+        }
+    }
+    eprintln!(
+        "masked: {approved}/{probes} guests approved, {called_masked} called masked; {stranger_probes} stranger probes, none approved"
+    );
     s.stop().await;
 }

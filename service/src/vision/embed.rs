@@ -81,6 +81,12 @@ pub fn align(img: &RgbImage, landmarks: &[Point; 5]) -> Result<RgbImage, VisionE
 pub struct Embedding(pub Vec<f32>);
 
 impl Embedding {
+    /// `v / |v|`; `None` for a zero or non-finite vector.
+    pub fn normalised(v: Vec<f32>) -> Option<Embedding> {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        (norm.is_finite() && norm > 0.0).then(|| Embedding(v.into_iter().map(|x| x / norm).collect()))
+    }
+
     pub fn cosine(&self, other: &Embedding) -> f32 {
         self.0.iter().zip(other.0.iter()).map(|(a, b)| a * b).sum()
     }
@@ -90,14 +96,25 @@ pub struct Embedder {
     plan: Plan,
 }
 
+/// The graph nodes the embedder is run to: the embedding, and the last 512 x 7 x 7 feature map
+/// (before the global depthwise pooling), which the mask detector reads.
+pub const OUTPUT_NODES: [&str; 2] = ["embedding", "MobileFaceNet/MobileFaceNet/Conv2d_7/add"];
+
 impl Embedder {
     pub fn load(path: &Path) -> Result<Embedder, VisionError> {
-        let plan = runtime::load_fixed(path, &[1, 3, ALIGNED_SIZE as usize, ALIGNED_SIZE as usize])?;
+        let shape = [1, 3, ALIGNED_SIZE as usize, ALIGNED_SIZE as usize];
+        let plan = runtime::load_fixed_with_outputs(path, &shape, &OUTPUT_NODES)?;
         Ok(Embedder { plan })
     }
 
     /// Embeds an aligned 112x112 RGB face: input RGB, (x - 127.5) / 128, NCHW; output L2-normalised.
     pub fn embed(&self, aligned: &RgbImage) -> Result<Embedding, VisionError> {
+        Ok(self.embed_with_features(aligned)?.0)
+    }
+
+    /// The embedding, and the feature map the mask detector reads (`OUTPUT_NODES[1]`, 512 x 7 x 7),
+    /// from one inference.
+    pub fn embed_with_features(&self, aligned: &RgbImage) -> Result<(Embedding, Vec<f32>), VisionError> {
         if aligned.width() != ALIGNED_SIZE || aligned.height() != ALIGNED_SIZE {
             return Err(VisionError::Inference(format!(
                 "embedder needs {ALIGNED_SIZE}x{ALIGNED_SIZE}"
@@ -110,22 +127,20 @@ impl Embedder {
                 input[c * plane + i] = (px.0[c] as f32 - 127.5) / 128.0;
             }
         }
-        let out = runtime::run(&self.plan, &[1, 3, ALIGNED_SIZE as usize, ALIGNED_SIZE as usize], input)?;
+        let mut out =
+            runtime::run(&self.plan, &[1, 3, ALIGNED_SIZE as usize, ALIGNED_SIZE as usize], input)?.into_iter();
         let v = out
-            .into_iter()
             .next()
             .ok_or_else(|| VisionError::Inference("embedder gave no output".into()))?;
+        let features = out.next().unwrap_or_default();
         if v.len() != EMBEDDING_DIM {
             return Err(VisionError::Inference(format!(
                 "embedding has {} values, expected {EMBEDDING_DIM}",
                 v.len()
             )));
         }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if !(norm.is_finite() && norm > 0.0) {
-            return Err(VisionError::Inference("embedding has zero norm".into()));
-        }
-        Ok(Embedding(v.into_iter().map(|x| x / norm).collect()))
+        let e = Embedding::normalised(v).ok_or_else(|| VisionError::Inference("embedding has zero norm".into()))?;
+        Ok((e, features))
     }
 }
 

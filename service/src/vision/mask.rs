@@ -92,7 +92,33 @@ impl MaskSpec {
             texture: 0,
         }
     }
+}
 
+/// The masks drawn on an enrolment photo for its masked template: the commonest kinds (a light-blue
+/// surgical mask, a dark cloth mask, a white N95), none of them a random draw, so the same photo
+/// always gives the same template.
+pub const ENROLMENT_MASKS: [MaskSpec; 3] = [
+    MaskSpec {
+        style: MaskStyle::Surgical,
+        colour: SURGICAL_COLOURS[0],
+        top_shift: 0.0,
+        texture: 0,
+    },
+    MaskSpec {
+        style: MaskStyle::Cloth,
+        colour: CLOTH_COLOURS[0],
+        top_shift: 0.0,
+        texture: 3,
+    },
+    MaskSpec {
+        style: MaskStyle::N95,
+        colour: N95_COLOURS[0],
+        top_shift: 0.0,
+        texture: 0,
+    },
+];
+
+impl MaskSpec {
     /// The mask's outline in template coordinates.
     pub fn polygon(&self) -> Vec<Point> {
         let t = self.top_shift;

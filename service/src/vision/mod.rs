@@ -1,5 +1,5 @@
 //! The vision pipeline: decode, detect (YuNet), quality, liveness (MiniFASNet x2), align, embed
-//! (MobileFaceNet-192). Every model is loaded once into an optimized tract plan; [`Vision`] is
+//! (MobileFaceNet-192, distilled to tolerate masks), mask detection (a probe on the embedding). Every model is loaded once into an optimized tract plan; [`Vision`] is
 //! `Send + Sync` and shared across threads behind an `Arc`.
 
 pub mod decode;
@@ -8,6 +8,7 @@ pub mod embed;
 pub mod geometry;
 pub mod liveness;
 pub mod mask;
+pub mod maskdet;
 pub mod quality;
 mod runtime;
 
@@ -15,6 +16,7 @@ pub use decode::DecodeLimits;
 pub use detect::{DetectorConfig, Face};
 pub use embed::{Embedding, ALIGNED_SIZE, EMBEDDING_DIM};
 pub use liveness::LivenessScore;
+pub use maskdet::MaskScore;
 pub use quality::Quality;
 
 use image::RgbImage;
@@ -78,6 +80,7 @@ pub struct FaceAnalysis {
     pub quality: Quality,
     pub liveness: LivenessScore,
     pub embedding: Embedding,
+    pub mask: MaskScore,
 }
 
 /// One photo's analysis: every face found, and the guest's face (the primary one) analysed.
@@ -94,6 +97,7 @@ pub struct Vision {
     detector: detect::Detector,
     embedder: embed::Embedder,
     liveness: liveness::Liveness,
+    mask_detector: maskdet::MaskDetector,
     cfg: VisionConfig,
 }
 
@@ -108,6 +112,7 @@ impl Vision {
             detector: detect::Detector::load(&paths.detector, cfg.detector)?,
             embedder: embed::Embedder::load(&paths.embedder)?,
             liveness: liveness::Liveness::load(&paths.liveness_v2, &paths.liveness_v1se)?,
+            mask_detector: maskdet::MaskDetector::load(&paths.mask_detector)?,
             cfg,
         })
     }
@@ -134,6 +139,35 @@ impl Vision {
 
     pub fn liveness(&self, img: &RgbImage, face: &Face) -> Result<LivenessScore, VisionError> {
         self.liveness.score(img, face)
+    }
+
+    /// The embedding of an aligned face and the mask detector's verdict on it (one inference).
+    pub fn embed_and_mask(&self, aligned: &RgbImage) -> Result<(Embedding, MaskScore), VisionError> {
+        let (e, features) = self.embedder.embed_with_features(aligned)?;
+        Ok((e, self.mask_detector.score(features)?))
+    }
+
+    /// Mask-aware enrolment: the template of the face wearing a synthetic mask. The enrolment photo
+    /// is drawn with each of [`mask::ENROLMENT_MASKS`], the face is detected again on each copy (as a
+    /// kiosk would see it; the clean landmarks when the detector misses it) and embedded; the result
+    /// is the normalised mean of those embeddings. `None` when no copy could be embedded.
+    pub fn masked_template(&self, img: &RgbImage, face: &Face) -> Result<Option<Embedding>, VisionError> {
+        let mut sum = vec![0f32; EMBEDDING_DIM];
+        let mut n = 0;
+        for spec in mask::ENROLMENT_MASKS {
+            let Some(masked) = mask::render(img, &face.landmarks, &spec) else {
+                continue;
+            };
+            let found = self.detect(&masked)?;
+            let f = match quality::primary_face(&found, masked.width(), masked.height()) {
+                Some(k) => &found[k],
+                None => face,
+            };
+            let e = self.embed_aligned(&self.align(&masked, f)?)?;
+            sum.iter_mut().zip(&e.0).for_each(|(s, x)| *s += x);
+            n += 1;
+        }
+        Ok(Embedding::normalised(sum).filter(|_| n > 0))
     }
 
     /// Decodes a photo and analyses the guest's face in it.
@@ -174,7 +208,7 @@ impl Vision {
         let liveness = self.liveness(img, &face)?;
         timings.liveness_ms = ms_since(t);
         let t = Instant::now();
-        let embedding = self.embed_aligned(&aligned)?;
+        let (embedding, mask) = self.embed_and_mask(&aligned)?;
         timings.embed_ms = ms_since(t);
         Ok(Analysis {
             width,
@@ -185,6 +219,7 @@ impl Vision {
                 quality,
                 liveness,
                 embedding,
+                mask,
             }),
             timings,
         })

@@ -38,6 +38,14 @@ pub fn load_fixed(path: &Path, shape: &[usize]) -> Result<Plan, VisionError> {
     plan(&parse(path)?, shape, path)
 }
 
+/// Loads a fixed-shape model with the outputs of the named nodes (in that order) and plans it once.
+pub fn load_fixed_with_outputs(path: &Path, shape: &[usize], outputs: &[&str]) -> Result<Plan, VisionError> {
+    let model = parse(path)?
+        .with_outputs_by_name(outputs.iter().copied())
+        .map_err(|e| load_err(path, e))?;
+    plan(&model, shape, path)
+}
+
 /// Runs `plan` on one f32 input of `shape` and returns every output flattened, in output order.
 pub fn run(plan: &Plan, shape: &[usize], input: Vec<f32>) -> Result<Vec<Vec<f32>>, VisionError> {
     let tensor = tract_ndarray::ArrayD::from_shape_vec(shape, input)
