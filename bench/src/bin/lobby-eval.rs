@@ -11,8 +11,9 @@ use lobby_bench::datasets::{self, Pair};
 use lobby_bench::metrics::{self, det_points, kfold, percentile, tar_at_far};
 use lobby_bench::plot::{det_png, Curve, COLORS};
 use lobby_models::{default_model_dir, ensure, Source};
+use lobby_service::gallery::fused;
 use lobby_service::vision::mask::{self, MaskSpec, SplitMix};
-use lobby_service::vision::{Embedding, Face, Vision, VisionConfig};
+use lobby_service::vision::{Embedding, Face, MaskScore, Vision, VisionConfig};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -56,15 +57,33 @@ struct Ctx {
 }
 
 /// What the pipeline made of one image.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Processed {
     faces: usize,
     /// The guest (primary) face.
     face: Option<Face>,
     embedding: Option<Embedding>,
+    /// The mask detector on the face as it is.
+    mask: Option<MaskScore>,
     p_real: Option<f32>,
     error: Option<String>,
+    /// Mask-aware enrolment's masked template of this face (`Vision::masked_template`).
+    masked_template: Option<Embedding>,
+    /// The photo with a synthetic mask (`vision::mask`, drawn from the image's seed), analysed as a
+    /// kiosk photo: detected again (clean landmarks when missed), embedded, mask detector run.
+    masked_probe: Option<MaskedProbe>,
 }
+
+#[derive(Clone)]
+struct MaskedProbe {
+    embedding: Embedding,
+    mask: MaskScore,
+    redetected: bool,
+}
+
+/// Seeds of the synthetic masks drawn on evaluation probes: this base plus the image's index in
+/// the sorted image list. Training used seeds from 7e9 on (`lobby-maskdata`).
+const EVAL_MASK_SEED: u64 = 20261121;
 
 impl Ctx {
     fn time<T>(&self, stage: &'static str, f: impl FnOnce() -> T) -> T {
@@ -75,14 +94,12 @@ impl Ctx {
         r
     }
 
-    /// Decode, detect, pick the primary face; then embed and/or run liveness.
-    fn process(&self, path: &Path, embed: bool, liveness: bool) -> Processed {
+    /// Decode, detect, pick the primary face; then embed and/or run liveness; with `mask_seed`, also
+    /// the masked template and a synthetically masked probe.
+    fn process(&self, path: &Path, embed: bool, liveness: bool, mask_seed: Option<u64>) -> Processed {
         let fail = |e: String| Processed {
-            faces: 0,
-            face: None,
-            embedding: None,
-            p_real: None,
             error: Some(e),
+            ..Processed::default()
         };
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
@@ -98,10 +115,7 @@ impl Ctx {
         };
         let mut out = Processed {
             faces: faces.len(),
-            face: None,
-            embedding: None,
-            p_real: None,
-            error: None,
+            ..Processed::default()
         };
         let Some(i) = lobby_service::vision::quality::primary_face(&faces, img.width(), img.height()) else {
             return out;
@@ -111,11 +125,18 @@ impl Ctx {
         if embed {
             let r = self
                 .time("align", || self.vision.align(&img, face))
-                .and_then(|aligned| self.time("embed", || self.vision.embed_aligned(&aligned)));
+                .and_then(|aligned| self.time("embed", || self.vision.embed_and_mask(&aligned)));
             match r {
-                Ok(e) => out.embedding = Some(e),
+                Ok((e, m)) => {
+                    out.mask = Some(m);
+                    out.embedding = Some(e);
+                }
                 Err(e) => out.error = Some(format!("{}: {e}", path.display())),
             }
+        }
+        if let Some(seed) = mask_seed {
+            out.masked_template = self.vision.masked_template(&img, face).ok().flatten();
+            out.masked_probe = self.masked_probe(&img, face, seed);
         }
         if liveness {
             match self.time("liveness", || self.vision.liveness(&img, face)) {
@@ -126,10 +147,36 @@ impl Ctx {
         out
     }
 
-    fn process_all(&self, paths: &[PathBuf], embed: bool, liveness: bool) -> HashMap<PathBuf, Processed> {
+    fn masked_probe(&self, img: &image::RgbImage, clean: &Face, seed: u64) -> Option<MaskedProbe> {
+        let spec = MaskSpec::random(&mut SplitMix::new(seed));
+        let masked = mask::render(img, &clean.landmarks, &spec)?;
+        let faces = self.vision.detect(&masked).ok()?;
+        let (face, redetected) =
+            match lobby_service::vision::quality::primary_face(&faces, masked.width(), masked.height()) {
+                Some(k) => (&faces[k], true),
+                None => (clean, false),
+            };
+        let (embedding, mask) = self
+            .vision
+            .embed_and_mask(&self.vision.align(&masked, face).ok()?)
+            .ok()?;
+        Some(MaskedProbe {
+            embedding,
+            mask,
+            redetected,
+        })
+    }
+
+    /// `process` over sorted `paths`; `masked` adds the mask extras, image i's probe mask drawn from
+    /// seed `EVAL_MASK_SEED + i`.
+    fn process_all(&self, paths: &[PathBuf], embed: bool, liveness: bool, masked: bool) -> HashMap<PathBuf, Processed> {
         paths
             .par_iter()
-            .map(|p| (p.clone(), self.process(p, embed, liveness)))
+            .enumerate()
+            .map(|(i, p)| {
+                let seed = masked.then_some(EVAL_MASK_SEED + i as u64);
+                (p.clone(), self.process(p, embed, liveness, seed))
+            })
             .collect()
     }
 }
@@ -181,22 +228,73 @@ fn write_det(out: &Path, name: &str, title: &str, curves: &[(&str, &[f32], &[boo
     Ok(path)
 }
 
+/// LFW folds of `pairs.txt` (zero-based) whose images trained the mask models
+/// (`models/trained/README.md`); the others are identities those models never saw.
+const MASK_TRAIN_FOLDS: [usize; 3] = [0, 1, 2];
+
+/// The service's score for a probe against an enrolled face (`gallery::fused`): clean similarity for
+/// a probe the mask detector calls unmasked, else the mean of its similarity to the clean and the
+/// masked template.
+fn service_score(enrolled: &Processed, probe: &Embedding, probe_masked: bool) -> Option<f32> {
+    let clean = enrolled.embedding.as_ref()?.cosine(probe);
+    let masked = enrolled.masked_template.as_ref().map(|t| t.cosine(probe));
+    Some(fused(probe_masked, clean, masked))
+}
+
+/// Accuracy (k-fold over the folds present) of `scores` restricted to the pairs `keep` accepts.
+fn kfold_subset(scores: &[f32], pairs: &[Pair], keep: impl Fn(&Pair) -> bool) -> metrics::KFold {
+    let idx: Vec<usize> = (0..pairs.len()).filter(|&i| keep(&pairs[i])).collect();
+    let s: Vec<f32> = idx.iter().map(|&i| scores[i]).collect();
+    let l: Vec<bool> = idx.iter().map(|&i| pairs[i].same).collect();
+    let f: Vec<usize> = idx.iter().map(|&i| pairs[i].fold).collect();
+    kfold(&s, &l, &f)
+}
+
 fn eval_lfw(ctx: &Ctx, dir: &Path, out: &Path) -> Result<(Value, Value, f32)> {
     let pairs = datasets::lfw_pairs(dir)?;
     let images = unique_images(&pairs);
-    eprintln!("lfw: {} pairs, {} images", pairs.len(), images.len());
-    let done = ctx.process_all(&images, true, false);
+    eprintln!(
+        "lfw: {} pairs, {} images (each also masked, and enrolled mask-aware)",
+        pairs.len(),
+        images.len()
+    );
+    let done = ctx.process_all(&images, true, false, true);
     let found = done.values().filter(|p| p.embedding.is_some()).count();
     let scores = pair_scores(&pairs, &done);
     let labels: Vec<bool> = pairs.iter().map(|p| p.same).collect();
     let folds: Vec<usize> = pairs.iter().map(|p| p.fold).collect();
     let k = kfold(&scores, &labels, &folds);
+    let held_out = |p: &Pair| !MASK_TRAIN_FOLDS.contains(&p.fold);
+    let k_held = kfold_subset(&scores, &pairs, held_out);
     let threshold = metrics::best_threshold(&scores, &labels);
     let (tar3, thr3) = tar_at_far(&scores, &labels, 1e-3);
     let (tar4, thr4) = tar_at_far(&scores, &labels, 1e-4);
     let (_, thr2) = tar_at_far(&scores, &labels, 1e-2);
-    let (masked_scores, masked_fallbacks) = synthetic_mask_scores(ctx, &pairs, &done);
+    // One image of each pair masked: the first is enrolled (clean + masked template), the second is
+    // the masked probe, scored as the service scores it.
+    let probe = |p: &Pair| done.get(&p.b).and_then(|x| x.masked_probe.as_ref());
+    let masked_scores: Vec<f32> = pairs
+        .iter()
+        .map(|p| {
+            let (Some(e), Some(m)) = (done.get(&p.a), probe(p)) else {
+                return -1.0;
+            };
+            service_score(e, &m.embedding, m.mask.masked).unwrap_or(-1.0)
+        })
+        .collect();
+    let clean_only: Vec<f32> = pairs
+        .iter()
+        .map(
+            |p| match (done.get(&p.a).and_then(|x| x.embedding.as_ref()), probe(p)) {
+                (Some(e), Some(m)) => e.cosine(&m.embedding),
+                _ => -1.0,
+            },
+        )
+        .collect();
     let mk = kfold(&masked_scores, &labels, &folds);
+    let mk_held = kfold_subset(&masked_scores, &pairs, held_out);
+    let mk_clean_only = kfold(&clean_only, &labels, &folds);
+    let misses = pairs.iter().filter(|p| probe(p).is_some_and(|m| !m.redetected)).count();
     let det = write_det(
         out,
         "lfw",
@@ -207,23 +305,32 @@ fn eval_lfw(ctx: &Ctx, dir: &Path, out: &Path) -> Result<(Value, Value, f32)> {
         ],
     )?;
     let all_pairs = all_pairs_calibration(&done);
+    let masked_calibration = masked_probe_calibration(&done, &pairs, held_out);
     let synthetic = json!({
         "accuracy": round(mk.mean, 5),
         "accuracy_std": round(mk.std, 5),
+        "accuracy_held_out_folds": round(mk_held.mean, 5),
+        "accuracy_clean_template_only": round(mk_clean_only.mean, 5),
         "accuracy_at_unmasked_threshold": round(metrics::accuracy_at(&masked_scores, &labels, threshold), 5),
         "tar_at_far_1e-3": round(tar_at_far(&masked_scores, &labels, 1e-3).0, 5),
         "threshold": metrics::best_threshold(&masked_scores, &labels),
-        "masked_images_without_face": masked_fallbacks,
-        "note": "second image of each pair masked by vision::mask (seed 20261121 + pair index); faces not re-detected on the masked image fall back to the clean landmarks",
+        "masked_images_without_face": misses,
+        "probes_called_masked": pairs.iter().filter(|p| probe(p).is_some_and(|m| m.mask.masked)).count(),
+        "note": format!("second image of each pair masked by vision::mask (seed {EVAL_MASK_SEED} + the image's index among the sorted LFW images), detected again (clean landmarks when missed), scored as the service does against the first image's clean and masked templates; the mask models were trained on images of folds {MASK_TRAIN_FOLDS:?} (other masks), so accuracy_held_out_folds is the figure on unseen identities"),
     });
     let missing: Vec<String> = done
         .iter()
         .filter(|(_, p)| p.embedding.is_none())
         .map(|(k, _)| k.display().to_string())
         .collect();
+    let mask_detector = json!({
+        "lfw_unmasked_called_unmasked": rate_of(done.values().filter_map(|p| p.mask.map(|m| !m.masked))),
+        "lfw_synthetic_masked_called_masked": rate_of(done.values().filter_map(|p| p.masked_probe.as_ref().map(|m| m.mask.masked))),
+    });
     let v = json!({
         "accuracy": round(k.mean, 5),
         "accuracy_std": round(k.std, 5),
+        "accuracy_held_out_folds": round(k_held.mean, 5),
         "fold_accuracies": k.fold_accuracies.iter().map(|a| round(*a, 5)).collect::<Vec<_>>(),
         "fold_thresholds": k.fold_thresholds,
         "folds": k.fold_accuracies.len(),
@@ -240,52 +347,78 @@ fn eval_lfw(ctx: &Ctx, dir: &Path, out: &Path) -> Result<(Value, Value, f32)> {
         "images_without_face": missing,
         "det_png": det.display().to_string(),
         "all_pairs": all_pairs,
+        "masked_probe_all_pairs": masked_calibration,
+        "mask_detector": mask_detector,
     });
     Ok((v, synthetic, threshold))
 }
 
-/// Scores of every LFW pair with the second image masked by the renderer (a mask drawn per pair from
-/// a fixed seed). The face is detected again on the masked photo, as a kiosk would; where the
-/// detector misses it, the clean landmarks place the crop. Returns the scores and the misses.
-fn synthetic_mask_scores(ctx: &Ctx, pairs: &[Pair], done: &HashMap<PathBuf, Processed>) -> (Vec<f32>, usize) {
-    let misses = std::sync::atomic::AtomicUsize::new(0);
-    let scores = pairs
-        .par_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let (Some(a), Some(b)) = (done.get(&p.a).and_then(|x| x.embedding.as_ref()), done.get(&p.b)) else {
-                return -1.0;
-            };
-            let Some(clean_face) = b.face.as_ref() else { return -1.0 };
-            let Ok(img) = std::fs::read(&p.b)
-                .map_err(|e| e.to_string())
-                .and_then(|x| ctx.vision.decode(&x).map_err(|e| e.to_string()))
-            else {
-                return -1.0;
-            };
-            let spec = MaskSpec::random(&mut SplitMix::new(20261121 + i as u64));
-            let Some(masked) = mask::render(&img, &clean_face.landmarks, &spec) else {
-                return -1.0;
-            };
-            let faces = ctx.vision.detect(&masked).unwrap_or_default();
-            let face = match lobby_service::vision::quality::primary_face(&faces, masked.width(), masked.height()) {
-                Some(k) => faces[k].clone(),
-                None => {
-                    misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    clean_face.clone()
-                }
-            };
-            match ctx
-                .vision
-                .align(&masked, &face)
-                .and_then(|al| ctx.vision.embed_aligned(&al))
-            {
-                Ok(e) => a.cosine(&e),
-                Err(_) => -1.0,
-            }
+/// Share of `true` in `it`, with the count.
+fn rate_of(it: impl Iterator<Item = bool>) -> Value {
+    let (mut n, mut yes) = (0usize, 0usize);
+    for b in it {
+        n += 1;
+        yes += b as usize;
+    }
+    json!({"rate": round(yes as f64 / n.max(1) as f64, 5), "n": n})
+}
+
+/// Thresholds for masked probes at the same FMRs as the unmasked ones: every masked probe of a
+/// held-out fold's image against every other held-out image enrolled mask-aware, scored as the
+/// service does (the probe's own mask verdict decides clean or mean scoring).
+fn masked_probe_calibration(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], keep: impl Fn(&Pair) -> bool) -> Value {
+    let mut paths: Vec<&PathBuf> = pairs.iter().filter(|p| keep(p)).flat_map(|p| [&p.a, &p.b]).collect();
+    paths.sort();
+    paths.dedup();
+    let items: Vec<(String, &Processed)> = paths
+        .iter()
+        .filter_map(|p| {
+            let id = p.parent()?.file_name()?.to_str()?.to_string();
+            let x = done.get(*p)?;
+            x.embedding.as_ref()?;
+            Some((id, x))
         })
         .collect();
-    (scores, misses.into_inner())
+    let per_probe: Vec<(Vec<f32>, Vec<f32>)> = items
+        .par_iter()
+        .enumerate()
+        .map(|(i, (id, x))| {
+            let (mut imp, mut gen) = (Vec::new(), Vec::new());
+            let Some(m) = x.masked_probe.as_ref() else {
+                return (imp, gen);
+            };
+            for (j, (id2, y)) in items.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let Some(s) = service_score(y, &m.embedding, m.mask.masked) else {
+                    continue;
+                };
+                if id == id2 {
+                    gen.push(s)
+                } else {
+                    imp.push(s)
+                }
+            }
+            (imp, gen)
+        })
+        .collect();
+    let mut impostor: Vec<f32> = per_probe.iter().flat_map(|p| p.0.iter().copied()).collect();
+    let genuine: Vec<f32> = per_probe.iter().flat_map(|p| p.1.iter().copied()).collect();
+    let n = impostor.len();
+    impostor.sort_unstable_by(|a, b| b.total_cmp(a));
+    let mut rows = serde_json::Map::new();
+    for (name, fmr) in [("1e-3", 1e-3), ("1e-4", 1e-4), ("1e-5", 1e-5)] {
+        let k = (fmr * n as f64).floor() as usize;
+        if k == 0 || k >= n {
+            continue;
+        }
+        let t = impostor[k];
+        let tar = genuine.iter().filter(|s| **s > t).count() as f64 / genuine.len().max(1) as f64;
+        rows.insert(format!("fmr_{name}"), json!({"threshold": t, "tar": round(tar, 5)}));
+    }
+    json!({"images": items.len(), "impostor_pairs": n, "genuine_pairs": genuine.len(), "at": rows,
+           "source": "LFW images of the folds the mask models did not train on, each masked once (probe) against every other one enrolled mask-aware"})
 }
 
 /// Thresholds at low false-match rates need far more impostor pairs than the 1500 of the protocol:
@@ -330,21 +463,43 @@ fn eval_mfr2(ctx: &Ctx, dir: &Path, out: &Path) -> Result<Value> {
     let pairs = datasets::mfr2_pairs(dir)?;
     let images = unique_images(&pairs);
     eprintln!("mfr2: {} pairs, {} images", pairs.len(), images.len());
-    let done = ctx.process_all(&images, true, false);
+    let done = ctx.process_all(&images, true, false, true);
     let found = done.values().filter(|p| p.embedding.is_some()).count();
-    let scores = pair_scores(&pairs, &done);
     let labels: Vec<bool> = pairs.iter().map(|p| p.same).collect();
     let folds: Vec<usize> = pairs.iter().map(|p| p.fold).collect();
+    // As the service would: the unmasked photo of a pair (the first when both are alike) is the
+    // enrolment (clean + masked template), the other the kiosk probe, scored by its mask verdict.
+    let scored = |p: &Pair, clean_only: bool| -> f32 {
+        let (e, q) = if p.masked.0 && !p.masked.1 {
+            (&p.b, &p.a)
+        } else {
+            (&p.a, &p.b)
+        };
+        let (Some(e), Some(q)) = (done.get(e), done.get(q)) else {
+            return -1.0;
+        };
+        let (Some(emb), Some(m)) = (q.embedding.as_ref(), q.mask) else {
+            return -1.0;
+        };
+        if clean_only {
+            return e.embedding.as_ref().map(|c| c.cosine(emb)).unwrap_or(-1.0);
+        }
+        service_score(e, emb, m.masked).unwrap_or(-1.0)
+    };
+    let scores: Vec<f32> = pairs.iter().map(|p| scored(p, false)).collect();
+    let plain: Vec<f32> = pairs.iter().map(|p| scored(p, true)).collect();
     let k = kfold(&scores, &labels, &folds);
     let (tar2, thr2) = tar_at_far(&scores, &labels, 1e-2);
-    // Masked probe: exactly one of the two images masked (enrol unmasked, probe masked).
-    let one: Vec<usize> = (0..pairs.len())
-        .filter(|&i| pairs[i].masked.0 != pairs[i].masked.1)
-        .collect();
-    let one_acc = one.iter().filter(|&&i| k.correct[i]).count() as f64 / one.len().max(1) as f64;
-    let one_scores: Vec<f32> = one.iter().map(|&i| scores[i]).collect();
-    let one_labels: Vec<bool> = one.iter().map(|&i| labels[i]).collect();
-    let (one_tar2, _) = tar_at_far(&one_scores, &one_labels, 1e-2);
+    // Masked probe: exactly one of the two images masked (enrol unmasked, probe masked), with its
+    // own threshold (the condition-specific one), k-fold like the rest.
+    let one_masked = |p: &Pair| p.masked.0 != p.masked.1;
+    let one = kfold_subset(&scores, &pairs, one_masked);
+    let one_plain = kfold_subset(&plain, &pairs, one_masked);
+    let one_idx: Vec<usize> = (0..pairs.len()).filter(|&i| one_masked(&pairs[i])).collect();
+    let one_scores: Vec<f32> = one_idx.iter().map(|&i| scores[i]).collect();
+    let one_labels: Vec<bool> = one_idx.iter().map(|&i| labels[i]).collect();
+    let one_plain_scores: Vec<f32> = one_idx.iter().map(|&i| plain[i]).collect();
+    let (one_tar2, one_thr2) = tar_at_far(&one_scores, &one_labels, 1e-2);
     let det = write_det(
         out,
         "mfr2",
@@ -352,21 +507,66 @@ fn eval_mfr2(ctx: &Ctx, dir: &Path, out: &Path) -> Result<Value> {
         &[
             ("ALL PAIRS", &scores, &labels),
             ("ONE MASKED", &one_scores, &one_labels),
+            ("ONE MASKED, CLEAN TEMPLATE ONLY", &one_plain_scores, &one_labels),
         ],
     )?;
+    // The mask detector against MFR2's real labels, one verdict per image.
+    let mut label_of: BTreeMap<&PathBuf, bool> = BTreeMap::new();
+    for p in &pairs {
+        label_of.insert(&p.a, p.masked.0);
+        label_of.insert(&p.b, p.masked.1);
+    }
+    let verdicts: Vec<(bool, bool)> = label_of
+        .iter()
+        .filter_map(|(path, l)| done.get(*path).and_then(|x| x.mask).map(|m| (*l, m.masked)))
+        .collect();
+    let right = verdicts.iter().filter(|(l, v)| l == v).count();
     Ok(json!({
         "accuracy": round(k.mean, 5),
         "accuracy_std": round(k.std, 5),
-        "masked_probe_accuracy": round(one_acc, 5),
-        "masked_probe_pairs": one.len(),
+        "masked_probe_accuracy": round(one.mean, 5),
+        "masked_probe_accuracy_std": round(one.std, 5),
+        "masked_probe_accuracy_clean_template_only": round(one_plain.mean, 5),
+        "masked_probe_pairs": one_idx.len(),
+        "masked_probe_impostor_pairs": one_labels.iter().filter(|l| !**l).count(),
         "tar_at_far_1e-2": round(tar2, 5),
         "threshold_at_far_1e-2": thr2,
         "masked_probe_tar_at_far_1e-2": round(one_tar2, 5),
+        "masked_probe_threshold_at_far_1e-2": one_thr2,
+        "masked_probe_tar_at_far_1e-2_clean_template_only": round(tar_at_far(&one_plain_scores, &one_labels, 1e-2).0, 5),
         "threshold": metrics::best_threshold(&scores, &labels),
         "faces_found": found,
         "images": images.len(),
         "pairs": pairs.len(),
+        "mask_detector": {
+            "accuracy": round(right as f64 / verdicts.len().max(1) as f64, 5),
+            "images": verdicts.len(),
+            "masked_right": verdicts.iter().filter(|(l, v)| *l && *v).count(),
+            "masked": verdicts.iter().filter(|(l, _)| *l).count(),
+            "unmasked_right": verdicts.iter().filter(|(l, v)| !*l && !*v).count(),
+            "unmasked": verdicts.iter().filter(|(l, _)| !*l).count(),
+        },
         "det_png": det.display().to_string(),
+        "note": "pairs scored as the service scores them: the unmasked image enrolled mask-aware, the other the probe; k-fold accuracy, the masked-probe subset with its own thresholds",
+    }))
+}
+
+/// The mask detector on RWMFD (every face masked, in the wild).
+fn eval_rwmfd(ctx: &Ctx, dir: &Path) -> Result<Value> {
+    let csv = datasets::Csv::read(&dir.join("manifest.csv"))?;
+    let col = csv.col("image")?;
+    let paths: Vec<PathBuf> = csv.rows.iter().map(|r| dir.join(&r[col])).collect();
+    eprintln!("rwmfd: {} images", paths.len());
+    let done = ctx.process_all(&paths, true, false, false);
+    let verdicts: Vec<bool> = paths
+        .iter()
+        .filter_map(|p| done.get(p).and_then(|x| x.mask).map(|m| m.masked))
+        .collect();
+    Ok(json!({
+        "images": paths.len(),
+        "faces_found": verdicts.len(),
+        "called_masked": verdicts.iter().filter(|v| **v).count(),
+        "accuracy": round(verdicts.iter().filter(|v| **v).count() as f64 / verdicts.len().max(1) as f64, 5),
     }))
 }
 
@@ -377,7 +577,7 @@ fn eval_liveness(ctx: &Ctx, data: &Path, out: &Path) -> Result<Option<Value>> {
     }
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     eprintln!("liveness: {} images", paths.len());
-    let done = ctx.process_all(&paths, false, true);
+    let done = ctx.process_all(&paths, false, true, false);
     let mut by_source: BTreeMap<&str, [usize; 6]> = BTreeMap::new(); // attacks, accepted, live, rejected, no-face attacks, no-face live
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
     for s in &samples {
@@ -433,7 +633,7 @@ fn eval_edge_cases(ctx: &Ctx, dir: &Path) -> Result<Value> {
     let cases = datasets::edge_cases(dir)?;
     let paths: Vec<PathBuf> = cases.iter().map(|c| c.path.clone()).collect();
     eprintln!("edge_cases: {} images", paths.len());
-    let done = ctx.process_all(&paths, false, false);
+    let done = ctx.process_all(&paths, false, false, false);
     let (mut asserted, mut right) = (0, 0);
     let mut rows = Vec::new();
     for c in &cases {
@@ -454,7 +654,7 @@ fn eval_uncropped(ctx: &Ctx, dir: &Path, lfw_threshold: Option<f32>) -> Result<V
     images.sort();
     images.dedup();
     eprintln!("uncropped_identities: {} pairs, {} images", pairs.len(), images.len());
-    let done = ctx.process_all(&images, true, false);
+    let done = ctx.process_all(&images, true, false, false);
     let scores = pair_scores(&pairs, &done);
     let labels: Vec<bool> = pairs.iter().map(|p| p.same).collect();
     let mean = |want: bool| {
@@ -545,6 +745,24 @@ fn main() -> Result<()> {
     } else {
         skipped.push("mfr2");
     }
+    let rwmfd = data.join("rwmfd_masked_in_the_wild");
+    let rwmfd = if rwmfd.join("manifest.csv").exists() {
+        Some(eval_rwmfd(&ctx, &rwmfd)?)
+    } else {
+        skipped.push("rwmfd_masked_in_the_wild");
+        None
+    };
+    report.insert(
+        "mask_detector".into(),
+        json!({
+            "accuracy_mfr2": report.get("mfr2").map(|m| m["mask_detector"]["accuracy"].clone()),
+            "mfr2": report.get("mfr2").map(|m| m["mask_detector"].clone()),
+            "rwmfd_called_masked": rwmfd,
+            "lfw": report.get("lfw").map(|l| l["mask_detector"].clone()),
+            "threshold": lobby_service::vision::maskdet::DEFAULT_THRESHOLD,
+            "model": "models/trained/mask_detector_probe.onnx (logistic probe on the embedding, trained on synthetic masks of LFW folds 0-2)",
+        }),
+    );
     match eval_liveness(&ctx, data, &args.out)? {
         Some(v) => {
             report.insert("liveness".into(), v);
@@ -570,6 +788,7 @@ fn main() -> Result<()> {
         report.insert(
             "calibration".into(),
             json!({
+                "masked_probe": lfw["masked_probe_all_pairs"],
                 "unmasked": {
                     "source": "lfw impostor pairs",
                     "impostor_pairs": lfw["impostor_pairs"],
@@ -626,23 +845,53 @@ fn print_summary(r: &Value) {
     }
     if let Some(m) = r.get("lfw_synthetic_mask") {
         println!(
-            "LFW+mask accuracy {} ± {}  at the unmasked threshold {}  (masked faces not re-detected: {})",
+            "LFW+mask accuracy {} ± {}  held-out folds {}  clean template only {}  (masked faces not re-detected: {})",
             pct(&m["accuracy"]),
             pct(&m["accuracy_std"]),
-            pct(&m["accuracy_at_unmasked_threshold"]),
+            pct(&m["accuracy_held_out_folds"]),
+            pct(&m["accuracy_clean_template_only"]),
             m["masked_images_without_face"]
         );
     }
     if let Some(m) = r.get("mfr2") {
         println!(
-            "MFR2     accuracy {}  masked-probe {} ({} pairs)  TAR@FAR1e-2 {}  faces {}/{}",
+            "MFR2     accuracy {}  masked-probe {} ({} pairs) TAR@FAR1e-2 {}  [clean template only: {} / {}]  faces {}/{}",
             pct(&m["accuracy"]),
             pct(&m["masked_probe_accuracy"]),
             m["masked_probe_pairs"],
-            pct(&m["tar_at_far_1e-2"]),
+            pct(&m["masked_probe_tar_at_far_1e-2"]),
+            pct(&m["masked_probe_accuracy_clean_template_only"]),
+            pct(&m["masked_probe_tar_at_far_1e-2_clean_template_only"]),
             m["faces_found"],
             m["images"]
         );
+    }
+    if let Some(d) = r.get("mask_detector") {
+        println!(
+            "Mask det accuracy on MFR2 labels {}  RWMFD called masked {}  LFW clean called unmasked {}  LFW synthetic called masked {}",
+            pct(&d["accuracy_mfr2"]),
+            pct(&d["rwmfd_called_masked"]["accuracy"]),
+            pct(&d["lfw"]["lfw_unmasked_called_unmasked"]["rate"]),
+            pct(&d["lfw"]["lfw_synthetic_masked_called_masked"]["rate"])
+        );
+    }
+    if let Some(c) = r.get("calibration") {
+        for (name, k) in [("unmasked", "all_pairs"), ("masked_probe", "")] {
+            let v = if k.is_empty() { &c[name] } else { &c[name][k] };
+            if let Some(Value::Object(at)) = v.get("at") {
+                let row: Vec<String> = at
+                    .iter()
+                    .map(|(f, x)| {
+                        format!(
+                            "{f} {:.4} (TAR {})",
+                            x["threshold"].as_f64().unwrap_or(0.0),
+                            pct(&x["tar"])
+                        )
+                    })
+                    .collect();
+                println!("Thresholds {name}: {}", row.join("  "));
+            }
+        }
     }
     if let Some(l) = r.get("liveness") {
         println!(
