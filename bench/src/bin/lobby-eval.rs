@@ -403,12 +403,21 @@ fn masked_probe_calibration(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], 
             (imp, gen)
         })
         .collect();
-    let mut impostor: Vec<f32> = per_probe.iter().flat_map(|p| p.0.iter().copied()).collect();
+    let impostor: Vec<f32> = per_probe.iter().flat_map(|p| p.0.iter().copied()).collect();
     let genuine: Vec<f32> = per_probe.iter().flat_map(|p| p.1.iter().copied()).collect();
+    let mut v = thresholds_at_fmr(impostor, &genuine, &[("1e-3", 1e-3), ("1e-4", 1e-4), ("1e-5", 1e-5)]);
+    v["images"] = json!(items.len());
+    v["source"] = json!("LFW images of the folds the mask models did not train on, each masked once (probe) against every other one enrolled mask-aware");
+    v
+}
+
+/// The threshold at each false-match rate (the score the impostors exceed at that rate) and the TAR
+/// of the genuine scores there.
+fn thresholds_at_fmr(mut impostor: Vec<f32>, genuine: &[f32], fmrs: &[(&str, f64)]) -> Value {
     let n = impostor.len();
     impostor.sort_unstable_by(|a, b| b.total_cmp(a));
     let mut rows = serde_json::Map::new();
-    for (name, fmr) in [("1e-3", 1e-3), ("1e-4", 1e-4), ("1e-5", 1e-5)] {
+    for (name, fmr) in fmrs {
         let k = (fmr * n as f64).floor() as usize;
         if k == 0 || k >= n {
             continue;
@@ -417,8 +426,7 @@ fn masked_probe_calibration(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], 
         let tar = genuine.iter().filter(|s| **s > t).count() as f64 / genuine.len().max(1) as f64;
         rows.insert(format!("fmr_{name}"), json!({"threshold": t, "tar": round(tar, 5)}));
     }
-    json!({"images": items.len(), "impostor_pairs": n, "genuine_pairs": genuine.len(), "at": rows,
-           "source": "LFW images of the folds the mask models did not train on, each masked once (probe) against every other one enrolled mask-aware"})
+    json!({"impostor_pairs": n, "genuine_pairs": genuine.len(), "at": rows})
 }
 
 /// Thresholds at low false-match rates need far more impostor pairs than the 1500 of the protocol:
@@ -444,19 +452,11 @@ fn all_pairs_calibration(done: &HashMap<PathBuf, Processed>) -> Value {
             }
         }
     }
-    let n = impostor.len();
-    impostor.sort_unstable_by(|a, b| b.total_cmp(a));
-    let mut rows = serde_json::Map::new();
-    for (name, fmr) in [("1e-3", 1e-3), ("1e-4", 1e-4), ("1e-5", 1e-5), ("1e-6", 1e-6)] {
-        let k = (fmr * n as f64).floor() as usize;
-        if k == 0 || k >= n {
-            continue;
-        }
-        let t = impostor[k];
-        let tar = genuine.iter().filter(|s| **s > t).count() as f64 / genuine.len().max(1) as f64;
-        rows.insert(format!("fmr_{name}"), json!({"threshold": t, "tar": round(tar, 5)}));
-    }
-    json!({"impostor_pairs": n, "genuine_pairs": genuine.len(), "at": rows})
+    thresholds_at_fmr(
+        impostor,
+        &genuine,
+        &[("1e-3", 1e-3), ("1e-4", 1e-4), ("1e-5", 1e-5), ("1e-6", 1e-6)],
+    )
 }
 
 fn eval_mfr2(ctx: &Ctx, dir: &Path, out: &Path) -> Result<Value> {
