@@ -507,7 +507,7 @@ fn eval_mfr2(ctx: &Ctx, dir: &Path, out: &Path) -> Result<Value> {
         &[
             ("ALL PAIRS", &scores, &labels),
             ("ONE MASKED", &one_scores, &one_labels),
-            ("ONE MASKED, CLEAN TEMPLATE ONLY", &one_plain_scores, &one_labels),
+            ("CLEAN TPL ONLY", &one_plain_scores, &one_labels),
         ],
     )?;
     // The mask detector against MFR2's real labels, one verdict per image.
