@@ -247,8 +247,13 @@ impl App {
         self.with_vision(move |v| {
             let img = v.decode(&photo)?;
             let a = v.analyze(&img)?;
+            // Without a masked template the guest is still enrolled (masked check-ins then score
+            // against the clean template), so a failure here does not fail the photo.
             let masked = match &a.primary {
-                Some(f) => v.masked_template(&img, &f.face)?,
+                Some(f) => v.masked_template(&img, &f.face).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "no masked template for this enrolment photo");
+                    None
+                }),
                 None => None,
             };
             Ok((a, masked))
