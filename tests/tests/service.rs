@@ -178,6 +178,7 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
     let mut wrong = Vec::new();
     let mut no_usable_photo = Vec::new();
     let mut usable: Vec<(String, PathBuf)> = Vec::new();
+    let mut approved_probes: Vec<(String, PathBuf)> = Vec::new();
     let mut review_right = 0;
     for (id, photos) in ids.iter().filter(|(_, p)| p.len() >= 2) {
         let mut decided = None;
@@ -206,6 +207,7 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
             outcome(&r) == pv::Outcome::Review && r.reasons.contains(&(pv::Reason::LowMatchScore as i32));
         if outcome(&r) == pv::Outcome::Approved && r.reservation_code == code_of(id) {
             approved += 1;
+            approved_probes.push((id.clone(), probe.clone()));
         } else if low_score_review && r.reservation_code == code_of(id) {
             // Right guest, score in the review band under the 1:N threshold: the front desk confirms.
             review_right += 1;
@@ -242,7 +244,7 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
         "only {approved}/{probes} approved outright ({review_right} to review for the right reservation)"
     );
     // Checked in now: a second attempt is not approved again.
-    let (id, probe) = &usable[0];
+    let (id, probe) = &approved_probes[0];
     let again = check_in(&s, probe, "", "").await;
     assert_eq!(
         outcome(&again),

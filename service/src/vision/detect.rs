@@ -98,7 +98,7 @@ impl Detector {
         Ok(d)
     }
 
-    fn plan_for(&self, w: usize, h: usize) -> Result<Plan, VisionError> {
+    pub(super) fn plan_for(&self, w: usize, h: usize) -> Result<Plan, VisionError> {
         if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&(w, h)) {
             return Ok(p.clone());
         }

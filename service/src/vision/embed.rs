@@ -107,6 +107,10 @@ impl Embedder {
         Ok(Embedder { plan })
     }
 
+    pub(super) fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     /// Embeds an aligned 112x112 RGB face: input RGB, (x - 127.5) / 128, NCHW; output L2-normalised.
     pub fn embed(&self, aligned: &RgbImage) -> Result<Embedding, VisionError> {
         Ok(self.embed_with_features(aligned)?.0)

@@ -38,6 +38,10 @@ impl Liveness {
         })
     }
 
+    pub(super) fn plans(&self) -> [&Plan; 2] {
+        [&self.v2, &self.v1se]
+    }
+
     pub fn score(&self, img: &RgbImage, face: &Face) -> Result<LivenessScore, VisionError> {
         let a = self.run_one(&self.v2, img, &face.bbox, 2.7)?;
         let b = self.run_one(&self.v1se, img, &face.bbox, 4.0)?;

@@ -3,6 +3,7 @@
 use super::VisionError;
 use std::path::Path;
 use std::sync::Arc;
+use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 pub type Plan = Arc<TypedRunnableModel>;
@@ -14,13 +15,71 @@ fn load_err(path: &Path, e: impl std::fmt::Display) -> VisionError {
     }
 }
 
-/// Parses an ONNX file without fixing its input shape (for models planned per input size).
+/// Parses an ONNX file without fixing its input shape (for models planned per input size), with the
+/// load-time graph rewrites of [`rewrite_prelu`] applied.
 pub fn parse(path: &Path) -> Result<InferenceModel, VisionError> {
-    tract_onnx::onnx()
+    let onnx = tract_onnx::onnx()
         .with_ignore_output_shapes(true)
-        .with_ignore_value_info(true)
-        .model_for_path(path)
-        .map_err(|e| load_err(path, e))
+        .with_ignore_value_info(true);
+    let mut proto = onnx.proto_model_for_path(path).map_err(|e| load_err(path, e))?;
+    if let Some(g) = proto.graph.as_mut() {
+        rewrite_prelu(g);
+    }
+    onnx.model_for_proto_model(&proto).map_err(|e| load_err(path, e))
+}
+
+/// The float values of an initializer (`None` if it is not a float tensor held in the file).
+fn float_initializer(g: &pb::GraphProto, name: &str) -> Option<Vec<f32>> {
+    let t = g.initializer.iter().find(|t| t.name == name)?;
+    if t.data_type != pb::tensor_proto::DataType::Float as i32 {
+        return None;
+    }
+    if !t.float_data.is_empty() {
+        return Some(t.float_data.clone());
+    }
+    (t.raw_data.len() % 4 == 0).then(|| {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    })
+}
+
+/// Rewrites `PRelu(x, a)` as `Max(x, Mul(x, a))` where every slope is at most 1 (then `a*x <= x`
+/// exactly when `x >= 0`, so the two are equal). tract runs PRelu as a compare, a select and a
+/// multiply (three passes over the tensor); Mul + Max is one fused pass. Returns the nodes rewritten.
+pub fn rewrite_prelu(g: &mut pb::GraphProto) -> usize {
+    let mut nodes = Vec::with_capacity(g.node.len());
+    let mut rewritten = 0;
+    for n in std::mem::take(&mut g.node) {
+        let ok = n.op_type == "PRelu"
+            && n.input.len() == 2
+            && n.output.len() == 1
+            && float_initializer(g, &n.input[1]).is_some_and(|a| !a.is_empty() && a.iter().all(|v| *v <= 1.0));
+        if !ok {
+            nodes.push(n);
+            continue;
+        }
+        let (x, a, y) = (n.input[0].clone(), n.input[1].clone(), n.output[0].clone());
+        let ax = format!("{y}__prelu_ax");
+        nodes.push(pb::NodeProto {
+            input: vec![x.clone(), a],
+            output: vec![ax.clone()],
+            name: format!("{}__mul", n.name),
+            op_type: "Mul".into(),
+            ..Default::default()
+        });
+        nodes.push(pb::NodeProto {
+            input: vec![x, ax],
+            output: vec![y],
+            name: format!("{}__max", n.name),
+            op_type: "Max".into(),
+            ..Default::default()
+        });
+        rewritten += 1;
+    }
+    g.node = nodes;
+    rewritten
 }
 
 /// Makes an optimized plan of `model` for an f32 input of `shape`.
@@ -62,6 +121,60 @@ pub fn run(plan: &Plan, shape: &[usize], input: Vec<f32>) -> Result<Vec<Vec<f32>
                 .map_err(|e| VisionError::Inference(e.to_string()))
         })
         .collect()
+}
+
+/// Milliseconds of each of `runs` runs of `plan` on a constant input of `shape`, after one warm-up
+/// run: the model alone, without pre- or post-processing.
+pub fn time_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<f64>, VisionError> {
+    let n: usize = shape.iter().product();
+    let input = tract_ndarray::ArrayD::from_shape_vec(shape, vec![0.5f32; n])
+        .map_err(|e| VisionError::Inference(e.to_string()))?
+        .into_tensor()
+        .into_tvalue();
+    let mut times = Vec::with_capacity(runs);
+    for k in 0..=runs {
+        let t = std::time::Instant::now();
+        plan.run(tvec!(input.clone()))
+            .map_err(|e| VisionError::Inference(e.to_string()))?;
+        if k > 0 {
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(times)
+}
+
+/// Where `plan`'s time goes: milliseconds per run spent in each operator kind (summed over its nodes,
+/// averaged over `runs` runs after a warm-up), largest first, with the node count.
+pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<(String, usize, f64)>, VisionError> {
+    use std::collections::HashMap;
+    use tract_onnx::tract_core::plan::{eval, SimpleState};
+    let n: usize = shape.iter().product();
+    let input = tract_ndarray::ArrayD::from_shape_vec(shape, vec![0.5f32; n])
+        .map_err(|e| VisionError::Inference(e.to_string()))?
+        .into_tensor()
+        .into_tvalue();
+    let mut state = SimpleState::new(plan).map_err(|e| VisionError::Inference(e.to_string()))?;
+    let mut by_op: HashMap<String, (std::collections::HashSet<usize>, f64)> = HashMap::new();
+    for k in 0..=runs {
+        state
+            .run_plan_with_eval(tvec!(input.clone()), |ctx, st, node, inputs| {
+                let t = std::time::Instant::now();
+                let r = eval(ctx, st, node, inputs);
+                if k > 0 {
+                    let e = by_op.entry(node.op().name().to_string()).or_default();
+                    e.0.insert(node.id);
+                    e.1 += t.elapsed().as_secs_f64() * 1000.0;
+                }
+                r
+            })
+            .map_err(|e| VisionError::Inference(e.to_string()))?;
+    }
+    let mut out: Vec<(String, usize, f64)> = by_op
+        .into_iter()
+        .map(|(op, (nodes, ms))| (op, nodes.len(), ms / runs.max(1) as f64))
+        .collect();
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(out)
 }
 
 /// Output names of a parsed model, in output order.
