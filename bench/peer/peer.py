@@ -5,8 +5,7 @@ OpenCV, Faiss, grpcio), with the same models, the same pre- and post-processing 
   peer.py stages --models DIR --data DATA --frames DIR    per-stage latency, one thread (JSON)
   peer.py serve  --models DIR --data DATA --port P        KioskService.CheckIn over gRPC (lobby.v1)
 
-Same as the Rust service: YuNet with the same resize policy (quick 320 px pass, 640 px pass, bordered
-pass), sqrt(cls*obj) scores and greedy NMS; the same quality measures; MiniFASNetV2 (x2.7) and
+Same as the Rust service: YuNet with the same resize policy (640 px pass, then a bordered pass), sqrt(cls*obj) scores and greedy NMS; the same quality measures; MiniFASNetV2 (x2.7) and
 V1SE (x4.0) on BGR 0-255 80x80 crops, softmax, mean; 5-point similarity alignment (Umeyama) to the
 ArcFace template, (x-127.5)/128; the embedder's last feature map read as a second output for the mask
 probe; an inner-product Faiss index per property; the same thresholds; every decision written to
@@ -45,7 +44,7 @@ FEATURE_NODE = "MobileFaceNet/MobileFaceNet/Conv2d_7/add"
 ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                     [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 STRIDES = (8, 16, 32)
-SCORE_THRESHOLD, NMS_IOU, QUICK_MIN_FACE, MODEL_MAX_FACE = 0.6, 0.3, 64.0, 300.0
+SCORE_THRESHOLD, NMS_IOU, MODEL_MAX_FACE = 0.6, 0.3, 300.0
 # Thresholds: service/config/defaults.toml.
 MATCH_1N, MATCH_1N_MASKED, REVIEW_BAND, MARGIN, LIVENESS = 0.592, 0.6133, 0.08, 0.08, 0.5
 MIN_FACE, MIN_BRIGHT, MAX_BRIGHT, MIN_SHARP = 60, 40, 225, 20
@@ -130,11 +129,6 @@ def size(f):
 
 def detect(models, img):
     long = max(img.shape[:2])
-    if long > 320:
-        scale = 320.0 / long
-        quick = detect_pass(models, img, scale, 0)
-        if any(size(f) * scale >= QUICK_MIN_FACE for f in quick):
-            return quick
     first = detect_pass(models, img, 640.0 / long, 0)
     if not first or any(size(f) * 640.0 / long > MODEL_MAX_FACE for f in first):
         scale = 640.0 / (long * 2.0)
@@ -342,7 +336,7 @@ def stats(v):
 
 def cmd_models(a):
     m = Models(a.models)
-    shapes = [("detector", m.det, (1, 3, 480, 640)), ("detector", m.det, (1, 3, 256, 320)),
+    shapes = [("detector", m.det, (1, 3, 480, 640)),
               ("embedder", m.emb, (1, 3, 112, 112)), ("liveness_v2", m.live[0], (1, 3, 80, 80)),
               ("liveness_v1se", m.live[1], (1, 3, 80, 80))]
     out = []

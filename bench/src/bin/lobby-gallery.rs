@@ -1,0 +1,311 @@
+//! `lobby-gallery`: 1:N search structures at scale, and the server's start-up with many templates.
+//!
+//! For each size N: N synthetic templates (random unit vectors of `--dim`; random 192-d unit vectors
+//! are as unlike each other as real different faces are, cosine ~ N(0, 0.07)), queries that are
+//! noisy copies of stored templates (cosine ~0.65 to their source, like a genuine check-in photo),
+//! and for Faiss Flat, HNSW and IVF: build time, memory (resident set growth), query p50/p99 one
+//! query at a time on one thread, and recall@1 against exact search. Then (`--startup N`) N
+//! templates written to a real SQLite store and the time from nothing to a serving-ready `App`
+//! (models loaded and planned, every property's gallery built), and its memory.
+use anyhow::Result;
+use clap::Parser;
+use faiss::{index_factory, Index, MetricType};
+use lobby_bench::{metrics::percentile, record};
+use lobby_models::{default_model_dir, ensure, Source};
+use lobby_service::app::App;
+use lobby_service::config::Settings;
+use lobby_service::gallery::TemplateKind;
+use lobby_service::store::SqliteStore;
+use lobby_service::vision::Vision;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Flat vs HNSW vs IVF at scale; server start-up with many stored templates")]
+struct Args {
+    #[arg(long, default_value = "1000,100000,1000000", value_delimiter = ',')]
+    n: Vec<usize>,
+    #[arg(long, default_value_t = 192)]
+    dim: usize,
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    /// Templates to store for the start-up measurement (0: skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    startup: usize,
+    /// Properties those templates are spread over (each guest has a clean and a masked template).
+    #[arg(long, default_value_t = 1000)]
+    properties: usize,
+    #[arg(long)]
+    models: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    results: PathBuf,
+    #[arg(long)]
+    no_record: bool,
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map(|pages| pages * 4096.0 / 1048576.0)
+        .unwrap_or(0.0)
+}
+
+fn unit(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+fn gaussian(rng: &mut StdRng) -> f32 {
+    // Box-Muller.
+    let (u, v): (f32, f32) = (rng.gen_range(1e-7..1.0), rng.gen());
+    (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+}
+
+fn random_units(rng: &mut StdRng, n: usize, dim: usize) -> Vec<f32> {
+    let mut data: Vec<f32> = (0..n * dim).map(|_| gaussian(rng)).collect();
+    data.chunks_mut(dim).for_each(unit);
+    data
+}
+
+struct Row {
+    n: usize,
+    index: String,
+    param: String,
+    build_s: f64,
+    mem_mib: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    recall: f64,
+}
+
+fn search_all(index: &mut impl Index, queries: &[f32], dim: usize) -> Result<(Vec<i64>, Vec<f64>)> {
+    let mut labels = Vec::new();
+    let mut times = Vec::new();
+    for q in queries.chunks(dim) {
+        let t = Instant::now();
+        let r = index.search(q, 1)?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        labels.push(r.labels[0].get().map(|v| v as i64).unwrap_or(-1));
+    }
+    Ok((labels, times))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dim = args.dim;
+    let mut rows: Vec<Row> = Vec::new();
+    for &n in &args.n {
+        let mut rng = StdRng::seed_from_u64(20261122 + n as u64);
+        let data = random_units(&mut rng, n, dim);
+        // Queries: stored templates plus noise, at cosine ~0.65 to their source.
+        let mut queries = Vec::with_capacity(args.queries * dim);
+        for _ in 0..args.queries {
+            let src = rng.gen_range(0..n);
+            let mut noise: Vec<f32> = (0..dim).map(|_| gaussian(&mut rng)).collect();
+            unit(&mut noise);
+            let mut q: Vec<f32> = data[src * dim..(src + 1) * dim]
+                .iter()
+                .zip(&noise)
+                .map(|(a, b)| 0.65 * a + 0.76 * b)
+                .collect();
+            unit(&mut q);
+            queries.extend(q);
+        }
+        let nlist = ((4.0 * (n as f64).sqrt()) as usize).clamp(16, 8192);
+        let mut exact: Vec<i64> = Vec::new();
+        let configs: Vec<(String, Vec<(&str, f64)>)> = vec![
+            ("Flat".into(), vec![("", 0.0)]),
+            ("HNSW32".into(), vec![("efSearch", 16.0), ("efSearch", 32.0), ("efSearch", 64.0), ("efSearch", 128.0)]),
+            (format!("IVF{nlist},Flat"), vec![("nprobe", 1.0), ("nprobe", 8.0), ("nprobe", 32.0), ("nprobe", 128.0)]),
+        ];
+        for (factory, params) in configs {
+            let before = rss_mib();
+            let t = Instant::now();
+            let mut index = index_factory(dim as u32, &factory, MetricType::InnerProduct)?;
+            if !index.is_trained() {
+                let train_n = n.min(nlist * 64);
+                index.train(&data[..train_n * dim])?;
+            }
+            // Build on every core; search on one.
+            index.add(&data)?;
+            let build_s = t.elapsed().as_secs_f64();
+            let mem_mib = rss_mib() - before;
+            faiss_set_threads(1);
+            for (name, value) in params {
+                if !name.is_empty() {
+                    faiss::index::autotune::ParameterSpace::new()?.set_index_parameter(&index, name, value)?;
+                }
+                let (labels, times) = search_all(&mut index, &queries, dim)?;
+                if factory == "Flat" {
+                    exact = labels.clone();
+                }
+                let hits = labels.iter().zip(&exact).filter(|(a, b)| a == b).count();
+                let row = Row {
+                    n,
+                    index: factory.clone(),
+                    param: if name.is_empty() { "exact".into() } else { format!("{name}={value}") },
+                    build_s,
+                    mem_mib,
+                    p50_ms: percentile(&times, 50.0),
+                    p99_ms: percentile(&times, 99.0),
+                    recall: hits as f64 / labels.len().max(1) as f64,
+                };
+                eprintln!(
+                    "n={n} {} {}: build {:.1} s, +{:.0} MiB, p50 {:.3} ms, p99 {:.3} ms, recall@1 {:.4}",
+                    row.index, row.param, row.build_s, row.mem_mib, row.p50_ms, row.p99_ms, row.recall
+                );
+                rows.push(row);
+            }
+            faiss_set_threads(0);
+            drop(index);
+        }
+    }
+    let mut table = format!(
+        "Synthetic {dim}-d unit templates; {} queries (noisy copies of stored templates, cosine ~0.65), one at a time on one thread; recall@1 against exact (Flat) search; memory = resident-set growth while building.\n\n| N | index | search parameter | build s | memory MiB | bytes/template | p50 ms | p99 ms | recall@1 |\n|---|---|---|---|---|---|---|---|---|\n",
+        args.queries
+    );
+    for r in &rows {
+        table.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.3} | {:.3} | {:.4} |\n",
+            r.n,
+            r.index,
+            r.param,
+            r.build_s,
+            r.mem_mib,
+            r.mem_mib * 1048576.0 / r.n as f64,
+            r.p50_ms,
+            r.p99_ms,
+            r.recall
+        ));
+    }
+    let mut startup = json!(null);
+    if args.startup > 0 {
+        let s = measure_startup(&args)?;
+        table.push_str(&format!("\n{}\n", s.0));
+        startup = s.1;
+    }
+    println!("{table}");
+    if let Some(p) = &args.json {
+        let j: Vec<_> = rows
+            .iter()
+            .map(|r| json!({"n": r.n, "index": r.index, "param": r.param, "build_s": r.build_s, "mem_mib": r.mem_mib,
+                           "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "recall_at_1": r.recall}))
+            .collect();
+        std::fs::write(p, serde_json::to_string_pretty(&json!({"rows": j, "startup": startup, "machine": record::machine_facts()}))?)?;
+    }
+    if !args.no_record {
+        record::append(&args.results, "lobby-gallery", &table)?;
+    }
+    Ok(())
+}
+
+fn faiss_set_threads(n: i32) {
+    // 0: back to the default (every core).
+    let n = if n == 0 {
+        std::thread::available_parallelism().map(|c| c.get() as i32).unwrap_or(1)
+    } else {
+        n
+    };
+    extern "C" {
+        fn omp_set_num_threads(n: i32);
+    }
+    // SAFETY: plain OpenMP runtime call, no pointers.
+    unsafe { omp_set_num_threads(n) }
+}
+
+/// Stores `--startup` templates in a fresh SQLite file and times what the server does before it
+/// serves: load and plan the models, open the store, build every property's gallery.
+fn measure_startup(args: &Args) -> Result<(String, serde_json::Value)> {
+    let n = args.startup;
+    let dir = std::env::temp_dir().join(format!("lobby-gallery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("lobby.sqlite3");
+    drop(SqliteStore::open(&db)?); // the service's schema
+    let t = Instant::now();
+    {
+        let mut c = rusqlite::Connection::open(&db)?;
+        c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        let tx = c.transaction()?;
+        let model = lobby_service::app::model_id();
+        let mut rng = StdRng::seed_from_u64(7);
+        let guests = n.div_ceil(2);
+        {
+            let mut g = tx.prepare("INSERT INTO guests (guest_id, full_name, guest_ref, consent_method, consent_text_version, consent_at_ms) VALUES (?1, 'Bench Guest', ?1, 'bench', 'v1', 0)")?;
+            let mut r = tx.prepare("INSERT INTO reservations (property_id, code, guest_id, arrival, departure, status) VALUES (?1, ?2, ?3, '2026-11-22', '2026-11-24', 'BOOKED')")?;
+            let mut tp = tx.prepare("INSERT INTO templates (guest_id, property_id, model_id, kind, vector, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, 0)")?;
+            let mut stored = 0;
+            for k in 0..guests {
+                let gid = format!("g_{k:08}");
+                let prop = format!("p{:04}", k % args.properties.max(1));
+                g.execute([&gid])?;
+                r.execute([&prop, &format!("R{k:08}"), &gid])?;
+                for kind in ["clean", "masked"] {
+                    if stored == n {
+                        break;
+                    }
+                    let v = random_units(&mut rng, 1, args.dim);
+                    let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    tp.execute(rusqlite::params![gid, prop, model, kind, blob])?;
+                    stored += 1;
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    let fill_s = t.elapsed().as_secs_f64();
+    let db_mib = std::fs::metadata(&db).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0)
+        + std::fs::metadata(dir.join("lobby.sqlite3-wal")).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+    let model_dir = args.models.clone().unwrap_or_else(default_model_dir);
+    let paths = ensure(&model_dir, &Source::from_env())?;
+    let rss0 = rss_mib();
+    let t = Instant::now();
+    let mut settings = Settings::load_from(None, std::iter::empty())?;
+    settings.data_dir = dir.clone();
+    let vision = Arc::new(Vision::load(&paths, App::vision_config(&settings))?);
+    let models_s = t.elapsed().as_secs_f64();
+    let rss_models = rss_mib();
+    let t2 = Instant::now();
+    let app = App::start(settings, vision)?;
+    let gallery_s = t2.elapsed().as_secs_f64();
+    let total_s = t.elapsed().as_secs_f64();
+    let rss_app = rss_mib();
+    let per_template = (rss_app - rss_models) * 1048576.0 / n as f64;
+    drop(app);
+    // An idle property: its own index holding one guest's two templates, 10,000 of them.
+    let props = 10_000;
+    let before = rss_mib();
+    let g = lobby_service::gallery::Gallery::new(args.dim as u32, "Flat")?;
+    let mut rng = StdRng::seed_from_u64(9);
+    for p in 0..props {
+        let items: Vec<lobby_service::gallery::Item> = [TemplateKind::Clean, TemplateKind::Masked]
+            .into_iter()
+            .enumerate()
+            .map(|(k, kind)| ((2 * p + k) as i64 + 1, format!("g_{p:08}"), kind, random_units(&mut rng, 1, args.dim)))
+            .collect();
+        g.add(&format!("p{p:05}"), &items)?;
+    }
+    let per_property = (rss_mib() - before) * 1048576.0 / props as f64 - 2.0 * per_template.max(0.0);
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "Start-up with {n} templates stored ({} guests x clean + masked, {} properties; SQLite file {db_mib:.0} MiB, filled in {fill_s:.0} s): **{total_s:.2} s** from nothing to a serving-ready App (models loaded and planned {models_s:.2} s; store opened and galleries built {gallery_s:.2} s). Resident memory: {:.0} MiB with the models alone, {:.0} MiB with the galleries, i.e. **{per_template:.0} bytes per stored template** in the running service (the 768-byte vector in Faiss, its id map, the guest and kind of each template). An idle property (its own index and map, measured over 10,000 properties with one guest each, the templates' share taken off): **{:.0} bytes**.",
+        n.div_ceil(2),
+        args.properties,
+        rss_models - rss0,
+        rss_app - rss0,
+        per_property.max(0.0),
+    );
+    eprintln!("{text}");
+    Ok((
+        text,
+        json!({"templates": n, "properties": args.properties, "total_s": total_s, "models_s": models_s, "galleries_s": gallery_s,
+               "rss_models_mib": rss_models - rss0, "rss_app_mib": rss_app - rss0, "bytes_per_template": per_template, "bytes_per_idle_property": per_property}),
+    ))
+}
