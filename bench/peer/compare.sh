@@ -6,7 +6,8 @@
 #
 #   bash bench/peer/compare.sh [DATA]      (from the repository root; DATA defaults to ../shared/data)
 #
-# Env: DURATION (s per load level, default 20), LEVELS (default 1,2,4,8,16), PASSES (default 5).
+# Env: DURATION (s per load level, default 20), LEVELS (default 1,2,4,8,16), PASSES (default 5),
+# NO_RECORD=1 (print only; nothing appended to bench/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${1:-${LOBBY_TEST_DATA:-../shared/data}}
@@ -14,6 +15,7 @@ DURATION=${DURATION:-20}
 LEVELS=${LEVELS:-1,2,4,8,16}
 PASSES=${PASSES:-5}
 OUT=bench/out/compare
+NR=(); [ "${NO_RECORD:-0}" = 1 ] && NR=(--no-record)
 PY=bench/out/peer-venv/bin/python
 export OMP_NUM_THREADS=1
 rm -rf "$OUT" && mkdir -p "$OUT" bench/results
@@ -25,7 +27,7 @@ cargo build --release -p lobby-service -p lobby-bench -p lobby-models
 export LOBBY_MODEL_DIR="$OUT/models"
 
 echo "== stages and models, one thread: Lobby (tract), then the peer (onnxruntime)"
-./target/release/lobby-stages --data "$DATA" --passes "$PASSES" --frames-out "$OUT/frames" --json "$OUT/stages-lobby.json"
+./target/release/lobby-stages --data "$DATA" --passes "$PASSES" --frames-out "$OUT/frames" --json "$OUT/stages-lobby.json" "${NR[@]}"
 $PY bench/peer/peer.py stages --models "$OUT/models" --data "$DATA" --frames "$OUT/frames" --scratch "$OUT" --passes "$PASSES" > "$OUT/stages-peer.json"
 $PY bench/peer/peer.py models --models "$OUT/models" --runs 50 > "$OUT/models-peer.json"
 
@@ -38,7 +40,7 @@ trap 'kill $SERVER 2>/dev/null || true; kill ${PEER:-0} 2>/dev/null || true' EXI
 wait_port 50061
 ./target/release/lobby-load --addr 127.0.0.1:50061 --token-file "$OUT/server/initial-tokens.txt" \
   --enrol-from "$DATA" --frames "$OUT/frames" --concurrency "$LEVELS" --duration "$DURATION" \
-  --label lobby --json "$OUT/load-lobby.json"
+  --label lobby --json "$OUT/load-lobby.json" "${NR[@]}"
 kill $SERVER; wait $SERVER 2>/dev/null || true
 
 echo "== load: the peer"
@@ -46,7 +48,8 @@ $PY bench/peer/peer.py serve --models "$OUT/models" --data "$DATA" --scratch "$O
 PEER=$!
 wait_port 50071
 ./target/release/lobby-load --addr 127.0.0.1:50071 --frames "$OUT/frames" --concurrency "$LEVELS" \
-  --duration "$DURATION" --label peer --json "$OUT/load-peer.json"
+  --duration "$DURATION" --label peer --json "$OUT/load-peer.json" "${NR[@]}"
 kill $PEER; wait $PEER 2>/dev/null || true
 
-$PY bench/peer/compare.py "$OUT" bench/results/load-vs-peer.png bench/RESULTS.md
+RES=bench/RESULTS.md; [ "${NO_RECORD:-0}" = 1 ] && RES=/dev/null
+$PY bench/peer/compare.py "$OUT" bench/results/load-vs-peer.png "$RES"

@@ -99,6 +99,7 @@ fn search_all(index: &mut impl Index, queries: &[f32], dim: usize) -> Result<(Ve
 fn main() -> Result<()> {
     let args = Args::parse();
     let dim = args.dim;
+    let per_property = idle_property_bytes(dim)?;
     let mut rows: Vec<Row> = Vec::new();
     for &n in &args.n {
         let mut rng = StdRng::seed_from_u64(20261122 + n as u64);
@@ -186,7 +187,7 @@ fn main() -> Result<()> {
     }
     let mut startup = json!(null);
     if args.startup > 0 {
-        let s = measure_startup(&args)?;
+        let s = measure_startup(&args, per_property)?;
         table.push_str(&format!("\n{}\n", s.0));
         startup = s.1;
     }
@@ -205,6 +206,33 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Resident bytes of an idle property (its own index and map), measured first thing, before the
+/// allocator holds freed memory: 10,000 properties of one guest (two templates) each against the
+/// same 20,000 templates in one property.
+fn idle_property_bytes(dim: usize) -> Result<f64> {
+    let props = 10_000;
+    let gallery_rss = |spread: bool| -> Result<f64> {
+        let before = rss_mib();
+        let g = lobby_service::gallery::Gallery::new(dim as u32, "Flat")?;
+        let mut rng = StdRng::seed_from_u64(9);
+        for p in 0..props {
+            let items: Vec<lobby_service::gallery::Item> = [TemplateKind::Clean, TemplateKind::Masked]
+                .into_iter()
+                .enumerate()
+                .map(|(k, kind)| ((2 * p + k) as i64 + 1, format!("g_{p:08}"), kind, random_units(&mut rng, 1, dim)))
+                .collect();
+            g.add(&if spread { format!("p{p:05}") } else { "one".to_string() }, &items)?;
+        }
+        let grown = rss_mib() - before;
+        drop(g);
+        Ok(grown)
+    };
+    let one = gallery_rss(false)?;
+    let spread = gallery_rss(true)?;
+    let per_property = (spread - one) * 1048576.0 / props as f64;
+    Ok(per_property)
+}
+
 fn faiss_set_threads(n: i32) {
     // 0: back to the default (every core).
     let n = if n == 0 {
@@ -221,7 +249,7 @@ fn faiss_set_threads(n: i32) {
 
 /// Stores `--startup` templates in a fresh SQLite file and times what the server does before it
 /// serves: load and plan the models, open the store, build every property's gallery.
-fn measure_startup(args: &Args) -> Result<(String, serde_json::Value)> {
+fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json::Value)> {
     let n = args.startup;
     let dir = std::env::temp_dir().join(format!("lobby-gallery-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -278,24 +306,9 @@ fn measure_startup(args: &Args) -> Result<(String, serde_json::Value)> {
     let rss_app = rss_mib();
     let per_template = (rss_app - rss_models) * 1048576.0 / n as f64;
     drop(app);
-    // An idle property: its own index holding one guest's two templates, 10,000 of them.
-    let props = 10_000;
-    let before = rss_mib();
-    let g = lobby_service::gallery::Gallery::new(args.dim as u32, "Flat")?;
-    let mut rng = StdRng::seed_from_u64(9);
-    for p in 0..props {
-        let items: Vec<lobby_service::gallery::Item> = [TemplateKind::Clean, TemplateKind::Masked]
-            .into_iter()
-            .enumerate()
-            .map(|(k, kind)| ((2 * p + k) as i64 + 1, format!("g_{p:08}"), kind, random_units(&mut rng, 1, args.dim)))
-            .collect();
-        g.add(&format!("p{p:05}"), &items)?;
-    }
-    let per_property = (rss_mib() - before) * 1048576.0 / props as f64 - 2.0 * per_template.max(0.0);
-    drop(g);
     let _ = std::fs::remove_dir_all(&dir);
     let text = format!(
-        "Start-up with {n} templates stored ({} guests x clean + masked, {} properties; SQLite file {db_mib:.0} MiB, filled in {fill_s:.0} s): **{total_s:.2} s** from nothing to a serving-ready App (models loaded and planned {models_s:.2} s; store opened and galleries built {gallery_s:.2} s). Resident memory: {:.0} MiB with the models alone, {:.0} MiB with the galleries, i.e. **{per_template:.0} bytes per stored template** in the running service (the 768-byte vector in Faiss, its id map, the guest and kind of each template). An idle property (its own index and map, measured over 10,000 properties with one guest each, the templates' share taken off): **{:.0} bytes**.",
+        "Start-up with {n} templates stored ({} guests x clean + masked, {} properties; SQLite file {db_mib:.0} MiB, filled in {fill_s:.0} s): **{total_s:.2} s** from nothing to a serving-ready App (models loaded and planned {models_s:.2} s; store opened and galleries built {gallery_s:.2} s). Resident memory: {:.0} MiB with the models alone, {:.0} MiB with the galleries, i.e. **{per_template:.0} bytes per stored template** in the running service (the 768-byte vector in Faiss, its id map, the guest and kind of each template). Resident growth includes what the allocator keeps from reading the rows. An idle property (its own index and map: 10,000 properties of one guest each against the same templates in one property): **{:.0} bytes**.",
         n.div_ceil(2),
         args.properties,
         rss_models - rss0,

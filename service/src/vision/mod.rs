@@ -1,5 +1,5 @@
 //! The vision pipeline: decode, detect (YuNet), quality, liveness (MiniFASNet x2), align, embed
-//! (MobileFaceNet-192, distilled to tolerate masks), mask detection (a probe on the embedding). Every model is loaded once into an optimized tract plan; [`Vision`] is
+//! (MobileFaceNet-192), mask detection (a probe on the embedding). Every model is loaded once into an optimized tract plan; [`Vision`] is
 //! `Send + Sync` and shared across threads behind an `Arc`.
 
 pub mod decode;
