@@ -122,8 +122,19 @@ fn main() -> Result<()> {
         let mut exact: Vec<i64> = Vec::new();
         let configs: Vec<(String, Vec<(&str, f64)>)> = vec![
             ("Flat".into(), vec![("", 0.0)]),
-            ("HNSW32".into(), vec![("efSearch", 16.0), ("efSearch", 32.0), ("efSearch", 64.0), ("efSearch", 128.0)]),
-            (format!("IVF{nlist},Flat"), vec![("nprobe", 1.0), ("nprobe", 8.0), ("nprobe", 32.0), ("nprobe", 128.0)]),
+            (
+                "HNSW32".into(),
+                vec![
+                    ("efSearch", 16.0),
+                    ("efSearch", 32.0),
+                    ("efSearch", 64.0),
+                    ("efSearch", 128.0),
+                ],
+            ),
+            (
+                format!("IVF{nlist},Flat"),
+                vec![("nprobe", 1.0), ("nprobe", 8.0), ("nprobe", 32.0), ("nprobe", 128.0)],
+            ),
         ];
         for (factory, params) in configs {
             let before = rss_mib();
@@ -150,7 +161,11 @@ fn main() -> Result<()> {
                 let row = Row {
                     n,
                     index: factory.clone(),
-                    param: if name.is_empty() { "exact".into() } else { format!("{name}={value}") },
+                    param: if name.is_empty() {
+                        "exact".into()
+                    } else {
+                        format!("{name}={value}")
+                    },
                     build_s,
                     mem_mib,
                     p50_ms: percentile(&times, 50.0),
@@ -195,10 +210,15 @@ fn main() -> Result<()> {
     if let Some(p) = &args.json {
         let j: Vec<_> = rows
             .iter()
-            .map(|r| json!({"n": r.n, "index": r.index, "param": r.param, "build_s": r.build_s, "mem_mib": r.mem_mib,
-                           "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "recall_at_1": r.recall}))
+            .map(|r| {
+                json!({"n": r.n, "index": r.index, "param": r.param, "build_s": r.build_s, "mem_mib": r.mem_mib,
+                           "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "recall_at_1": r.recall})
+            })
             .collect();
-        std::fs::write(p, serde_json::to_string_pretty(&json!({"rows": j, "startup": startup, "machine": record::machine_facts()}))?)?;
+        std::fs::write(
+            p,
+            serde_json::to_string_pretty(&json!({"rows": j, "startup": startup, "machine": record::machine_facts()}))?,
+        )?;
     }
     if !args.no_record {
         record::append(&args.results, "lobby-gallery", &table)?;
@@ -219,7 +239,14 @@ fn idle_property_bytes(dim: usize) -> Result<f64> {
             let items: Vec<lobby_service::gallery::Item> = [TemplateKind::Clean, TemplateKind::Masked]
                 .into_iter()
                 .enumerate()
-                .map(|(k, kind)| ((2 * p + k) as i64 + 1, format!("g_{p:08}"), kind, random_units(&mut rng, 1, dim)))
+                .map(|(k, kind)| {
+                    (
+                        (2 * p + k) as i64 + 1,
+                        format!("g_{p:08}"),
+                        kind,
+                        random_units(&mut rng, 1, dim),
+                    )
+                })
                 .collect();
             g.add(&if spread { format!("p{p:05}") } else { "one".to_string() }, &items)?;
         }
@@ -236,7 +263,9 @@ fn idle_property_bytes(dim: usize) -> Result<f64> {
 fn faiss_set_threads(n: i32) {
     // 0: back to the default (every core).
     let n = if n == 0 {
-        std::thread::available_parallelism().map(|c| c.get() as i32).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|c| c.get() as i32)
+            .unwrap_or(1)
     } else {
         n
     };
@@ -288,8 +317,12 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
         tx.commit()?;
     }
     let fill_s = t.elapsed().as_secs_f64();
-    let db_mib = std::fs::metadata(&db).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0)
-        + std::fs::metadata(dir.join("lobby.sqlite3-wal")).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+    let db_mib = std::fs::metadata(&db)
+        .map(|m| m.len() as f64 / 1048576.0)
+        .unwrap_or(0.0)
+        + std::fs::metadata(dir.join("lobby.sqlite3-wal"))
+            .map(|m| m.len() as f64 / 1048576.0)
+            .unwrap_or(0.0);
     let model_dir = args.models.clone().unwrap_or_else(default_model_dir);
     let paths = ensure(&model_dir, &Source::from_env())?;
     let rss0 = rss_mib();

@@ -196,15 +196,21 @@ async fn main() -> Result<()> {
             "| {} | {tput:.1} | {p50:.1} | {p95:.1} | {p99:.1} | {} | {} |\n",
             l.concurrency,
             l.ok,
-            if errs == 0 { "0".to_string() } else { format!("{:?}", l.errors) }
+            if errs == 0 {
+                "0".to_string()
+            } else {
+                format!("{:?}", l.errors)
+            }
         );
         eprint!("{line}");
         table.push_str(&line);
         if p99 <= args.p99_limit_ms && errs == 0 && best.is_none_or(|b| tput > b.1) {
             best = Some((n, tput));
         }
-        rows.push(json!({"concurrency": n, "throughput": tput, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
-                          "ok": l.ok, "errors": l.errors}));
+        rows.push(
+            json!({"concurrency": n, "throughput": tput, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+                          "ok": l.ok, "errors": l.errors}),
+        );
     }
     let verdict = match best {
         Some((n, t)) => format!(

@@ -14,7 +14,7 @@ use lobby_models::{default_model_dir, ensure, Source};
 use lobby_service::app::{today, App};
 use lobby_service::auth::Caller;
 use lobby_service::config::{Role, Settings};
-use lobby_service::store::{ConsentRecord, ReservationInput, ResStatus};
+use lobby_service::store::{ConsentRecord, ResStatus, ReservationInput};
 use lobby_service::vision::Vision;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -66,11 +66,15 @@ fn main() -> Result<()> {
     std::env::set_var("OMP_NUM_THREADS", "1");
     let args = Args::parse();
     if !args.data.join("uncropped_identities").exists() {
-        anyhow::bail!("{}: no uncropped_identities (set --data or LOBBY_TEST_DATA)", args.data.display());
+        anyhow::bail!(
+            "{}: no uncropped_identities (set --data or LOBBY_TEST_DATA)",
+            args.data.display()
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let model_dir = args.models.clone().unwrap_or_else(default_model_dir);
-    let paths = ensure(&model_dir, &Source::from_env()).with_context(|| format!("models in {}", model_dir.display()))?;
+    let paths =
+        ensure(&model_dir, &Source::from_env()).with_context(|| format!("models in {}", model_dir.display()))?;
     let scratch = std::env::temp_dir().join(format!("lobby-stages-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;

@@ -176,11 +176,19 @@ impl Vision {
         let mut out = Vec::new();
         for (name, w, h) in [("detector", 640, 480)] {
             let shape = vec![1, 3, h, w];
-            out.push((name, shape.clone(), runtime::time_plan(&self.detector.plan_for(w, h)?, &shape, runs)?));
+            out.push((
+                name,
+                shape.clone(),
+                runtime::time_plan(&self.detector.plan_for(w, h)?, &shape, runs)?,
+            ));
         }
         let side = ALIGNED_SIZE as usize;
         let shape = vec![1, 3, side, side];
-        out.push(("embedder", shape.clone(), runtime::time_plan(self.embedder.plan(), &shape, runs)?));
+        out.push((
+            "embedder",
+            shape.clone(),
+            runtime::time_plan(self.embedder.plan(), &shape, runs)?,
+        ));
         let shape = vec![1, 3, 80, 80];
         let [v2, v1se] = self.liveness.plans();
         out.push(("liveness_v2", shape.clone(), runtime::time_plan(v2, &shape, runs)?));
