@@ -51,13 +51,13 @@ MIN_FACE, MIN_BRIGHT, MAX_BRIGHT, MIN_SHARP = 60, 40, 225, 20
 
 
 def session(path):
+    """An onnxruntime session on one thread; `path` is a file name or the model's bytes."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    model = path if isinstance(path, (bytes, str)) else path
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 class Models:

@@ -3,7 +3,34 @@
 
 use anyhow::Result;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The output options every benchmark binary takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Output {
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Results file the figures are appended to.
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    pub results: PathBuf,
+    /// Do not append the figures to the results file.
+    #[arg(long)]
+    pub no_record: bool,
+}
+
+impl Output {
+    /// Writes `json` (when asked) and appends `body` to the results file (unless `--no-record`).
+    pub fn emit(&self, bench: &str, body: &str, json: &serde_json::Value) -> Result<()> {
+        if let Some(p) = &self.json {
+            std::fs::write(p, serde_json::to_string_pretty(json)?)?;
+        }
+        if !self.no_record {
+            append(&self.results, bench, body)?;
+        }
+        Ok(())
+    }
+}
 
 /// CPU model, cores, memory and the git commit, in one line.
 pub fn machine_facts() -> String {

@@ -40,12 +40,8 @@ struct Args {
     properties: usize,
     #[arg(long)]
     models: Option<PathBuf>,
-    #[arg(long)]
-    json: Option<PathBuf>,
-    #[arg(long, default_value = "bench/RESULTS.md")]
-    results: PathBuf,
-    #[arg(long)]
-    no_record: bool,
+    #[command(flatten)]
+    out: record::Output,
 }
 
 fn rss_mib() -> f64 {
@@ -207,22 +203,15 @@ fn main() -> Result<()> {
         startup = s.1;
     }
     println!("{table}");
-    if let Some(p) = &args.json {
-        let j: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({"n": r.n, "index": r.index, "param": r.param, "build_s": r.build_s, "mem_mib": r.mem_mib,
-                           "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "recall_at_1": r.recall})
-            })
-            .collect();
-        std::fs::write(
-            p,
-            serde_json::to_string_pretty(&json!({"rows": j, "startup": startup, "machine": record::machine_facts()}))?,
-        )?;
-    }
-    if !args.no_record {
-        record::append(&args.results, "lobby-gallery", &table)?;
-    }
+    let j: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({"n": r.n, "index": r.index, "param": r.param, "build_s": r.build_s, "mem_mib": r.mem_mib,
+                   "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "recall_at_1": r.recall})
+        })
+        .collect();
+    let report = json!({"rows": j, "startup": startup, "machine": record::machine_facts()});
+    args.out.emit("lobby-gallery", &table, &report)?;
     Ok(())
 }
 

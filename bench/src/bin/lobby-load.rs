@@ -44,12 +44,8 @@ struct Args {
     /// Name of the system under test, for the report.
     #[arg(long, default_value = "lobby")]
     label: String,
-    #[arg(long)]
-    json: Option<PathBuf>,
-    #[arg(long, default_value = "bench/RESULTS.md")]
-    results: PathBuf,
-    #[arg(long)]
-    no_record: bool,
+    #[command(flatten)]
+    out: record::Output,
 }
 
 fn token(file: &Option<PathBuf>, role: &str) -> Result<String> {
@@ -221,16 +217,9 @@ async fn main() -> Result<()> {
     };
     table.push_str(&verdict);
     println!("{table}");
-    if let Some(p) = &args.json {
-        std::fs::write(
-            p,
-            serde_json::to_string_pretty(&json!({"label": args.label, "levels": rows,
-                "best": best.map(|(n, t)| json!({"concurrency": n, "throughput": t})),
-                "p99_limit_ms": args.p99_limit_ms, "machine": record::machine_facts()}))?,
-        )?;
-    }
-    if !args.no_record {
-        record::append(&args.results, "lobby-load", &table)?;
-    }
+    let report = json!({"label": args.label, "levels": rows,
+        "best": best.map(|(n, t)| json!({"concurrency": n, "throughput": t})),
+        "p99_limit_ms": args.p99_limit_ms, "machine": record::machine_facts()});
+    args.out.emit("lobby-load", &table, &report)?;
     Ok(())
 }

@@ -38,16 +38,11 @@ struct Args {
     /// Where to write the kiosk frames (JPEGs + frames.csv) for the peer and the load test.
     #[arg(long, default_value = "bench/out/frames")]
     frames_out: PathBuf,
-    #[arg(long)]
-    json: Option<PathBuf>,
-    #[arg(long, default_value = "bench/RESULTS.md")]
-    results: PathBuf,
     /// Only print each model's per-operator profile (tract) and exit.
     #[arg(long)]
     profile: bool,
-    /// Do not append the figures to the results file.
-    #[arg(long)]
-    no_record: bool,
+    #[command(flatten)]
+    out: record::Output,
 }
 
 const PROPERTY: &str = "bench-hotel";
@@ -204,12 +199,7 @@ fn main() -> Result<()> {
     );
     println!("{body}");
     let report = json!({"checkins": n, "outcomes": outcomes, "stages": stages, "models": mjson, "machine": record::machine_facts()});
-    if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
-    }
-    if !args.no_record {
-        record::append(&args.results, "lobby-stages", &body)?;
-    }
+    args.out.emit("lobby-stages", &body, &report)?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

@@ -62,6 +62,9 @@ pub struct VisionConfig {
     pub detector: DetectorConfig,
 }
 
+/// A figure about one model at one input shape: (model name, input shape, figure).
+pub type PerModel<T> = (&'static str, Vec<usize>, T);
+
 /// Milliseconds spent in each stage of one photo's analysis.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimings {
@@ -170,48 +173,31 @@ impl Vision {
         Ok(Embedding::normalised(sum).filter(|_| n > 0))
     }
 
-    /// Each model's inference time alone (ms per run, `runs` runs after a warm-up) at the shapes a
-    /// kiosk check-in uses: (name, input shape, times). For comparing runtimes on the same model.
-    pub fn model_latency(&self, runs: usize) -> Result<Vec<(&'static str, Vec<usize>, Vec<f64>)>, VisionError> {
-        let mut out = Vec::new();
-        for (name, w, h) in [("detector", 640, 480)] {
-            let shape = vec![1, 3, h, w];
-            out.push((
-                name,
-                shape.clone(),
-                runtime::time_plan(&self.detector.plan_for(w, h)?, &shape, runs)?,
-            ));
-        }
-        let side = ALIGNED_SIZE as usize;
-        let shape = vec![1, 3, side, side];
-        out.push((
-            "embedder",
-            shape.clone(),
-            runtime::time_plan(self.embedder.plan(), &shape, runs)?,
-        ));
-        let shape = vec![1, 3, 80, 80];
-        let [v2, v1se] = self.liveness.plans();
-        out.push(("liveness_v2", shape.clone(), runtime::time_plan(v2, &shape, runs)?));
-        out.push(("liveness_v1se", shape.clone(), runtime::time_plan(v1se, &shape, runs)?));
-        Ok(out)
-    }
-
-    /// Per-operator profile of each model at the shapes of [`Vision::model_latency`]: (name, input
-    /// shape, [(operator, nodes, ms per run)] largest first).
-    #[allow(clippy::type_complexity)]
-    pub fn model_profile(
-        &self,
-        runs: usize,
-    ) -> Result<Vec<(&'static str, Vec<usize>, Vec<(String, usize, f64)>)>, VisionError> {
+    /// Each model's plan at the input shape a kiosk check-in gives it: (name, input shape, plan).
+    fn kiosk_plans(&self) -> Result<Vec<PerModel<runtime::Plan>>, VisionError> {
         let side = ALIGNED_SIZE as usize;
         let [v2, v1se] = self.liveness.plans();
-        let plans = [
+        Ok(vec![
             ("detector", vec![1, 3, 480, 640], self.detector.plan_for(640, 480)?),
             ("embedder", vec![1, 3, side, side], self.embedder.plan().clone()),
             ("liveness_v2", vec![1, 3, 80, 80], v2.clone()),
             ("liveness_v1se", vec![1, 3, 80, 80], v1se.clone()),
-        ];
-        plans
+        ])
+    }
+
+    /// Each model's inference time alone (ms per run, `runs` runs after a warm-up) at the shapes a
+    /// kiosk check-in uses: (name, input shape, times). For comparing runtimes on the same model.
+    pub fn model_latency(&self, runs: usize) -> Result<Vec<PerModel<Vec<f64>>>, VisionError> {
+        self.kiosk_plans()?
+            .into_iter()
+            .map(|(name, shape, plan)| Ok((name, shape.clone(), runtime::time_plan(&plan, &shape, runs)?)))
+            .collect()
+    }
+
+    /// Per-operator profile of each model at the shapes of [`Vision::model_latency`]: (name, input
+    /// shape, [(operator, nodes, ms per run)] largest first).
+    pub fn model_profile(&self, runs: usize) -> Result<Vec<PerModel<Vec<runtime::OpTime>>>, VisionError> {
+        self.kiosk_plans()?
             .into_iter()
             .map(|(name, shape, plan)| Ok((name, shape.clone(), runtime::profile_plan(&plan, &shape, runs)?)))
             .collect()

@@ -8,6 +8,9 @@ use tract_onnx::prelude::*;
 
 pub type Plan = Arc<TypedRunnableModel>;
 
+/// An operator kind's share of a run: (operator, nodes of that kind, ms per run).
+pub type OpTime = (String, usize, f64);
+
 fn load_err(path: &Path, e: impl std::fmt::Display) -> VisionError {
     VisionError::ModelLoad {
         file: path.display().to_string(),
@@ -123,14 +126,19 @@ pub fn run(plan: &Plan, shape: &[usize], input: Vec<f32>) -> Result<Vec<Vec<f32>
         .collect()
 }
 
+/// A constant f32 input of `shape`, for timing a plan (its cost does not depend on the values).
+fn constant_input(shape: &[usize]) -> Result<TValue, VisionError> {
+    let n: usize = shape.iter().product();
+    Ok(tract_ndarray::ArrayD::from_shape_vec(shape, vec![0.5f32; n])
+        .map_err(|e| VisionError::Inference(e.to_string()))?
+        .into_tensor()
+        .into_tvalue())
+}
+
 /// Milliseconds of each of `runs` runs of `plan` on a constant input of `shape`, after one warm-up
 /// run: the model alone, without pre- or post-processing.
 pub fn time_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<f64>, VisionError> {
-    let n: usize = shape.iter().product();
-    let input = tract_ndarray::ArrayD::from_shape_vec(shape, vec![0.5f32; n])
-        .map_err(|e| VisionError::Inference(e.to_string()))?
-        .into_tensor()
-        .into_tvalue();
+    let input = constant_input(shape)?;
     let mut times = Vec::with_capacity(runs);
     for k in 0..=runs {
         let t = std::time::Instant::now();
@@ -145,14 +153,10 @@ pub fn time_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<f64>, 
 
 /// Where `plan`'s time goes: milliseconds per run spent in each operator kind (summed over its nodes,
 /// averaged over `runs` runs after a warm-up), largest first, with the node count.
-pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<(String, usize, f64)>, VisionError> {
+pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<OpTime>, VisionError> {
     use std::collections::HashMap;
     use tract_onnx::tract_core::plan::{eval, SimpleState};
-    let n: usize = shape.iter().product();
-    let input = tract_ndarray::ArrayD::from_shape_vec(shape, vec![0.5f32; n])
-        .map_err(|e| VisionError::Inference(e.to_string()))?
-        .into_tensor()
-        .into_tvalue();
+    let input = constant_input(shape)?;
     let mut state = SimpleState::new(plan).map_err(|e| VisionError::Inference(e.to_string()))?;
     let mut by_op: HashMap<String, (std::collections::HashSet<usize>, f64)> = HashMap::new();
     for k in 0..=runs {
@@ -169,7 +173,7 @@ pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<(St
             })
             .map_err(|e| VisionError::Inference(e.to_string()))?;
     }
-    let mut out: Vec<(String, usize, f64)> = by_op
+    let mut out: Vec<OpTime> = by_op
         .into_iter()
         .map(|(op, (nodes, ms))| (op, nodes.len(), ms / runs.max(1) as f64))
         .collect();
