@@ -5,7 +5,7 @@ OpenCV, Faiss, grpcio), with the same models, the same pre- and post-processing 
   peer.py stages --models DIR --data DATA --frames DIR    per-stage latency, one thread (JSON)
   peer.py serve  --models DIR --data DATA --port P        KioskService.CheckIn over gRPC (lobby.v1)
 
-Same as the Rust service: YuNet with the same resize policy (640 px pass, then a bordered pass), sqrt(cls*obj) scores and greedy NMS; the same quality measures; MiniFASNetV2 (x2.7) and
+Same as the Rust service: YuNet with the same resize policy (480 px pass, a 640 px pass when it finds nothing, then a bordered pass), sqrt(cls*obj) scores and greedy NMS; the same quality measures; MiniFASNetV2 (x2.7) and
 V1SE (x4.0) on BGR 0-255 80x80 crops, softmax, mean; 5-point similarity alignment (Umeyama) to the
 ArcFace template, (x-127.5)/128; the embedder's last feature map read as a second output for the mask
 probe; an inner-product Faiss index per property; the same thresholds; every decision written to
@@ -45,6 +45,7 @@ ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                     [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 STRIDES = (8, 16, 32)
 SCORE_THRESHOLD, NMS_IOU, MODEL_MAX_FACE = 0.6, 0.3, 300.0
+FIRST_PASS_LONG_SIDE = 480.0
 # Thresholds: service/config/defaults.toml.
 MATCH_1N, MATCH_1N_MASKED, REVIEW_BAND, MARGIN, LIVENESS = 0.592, 0.6133, 0.08, 0.08, 0.5
 MIN_FACE, MIN_BRIGHT, MAX_BRIGHT, MIN_SHARP = 60, 40, 225, 20
@@ -129,8 +130,12 @@ def size(f):
 
 def detect(models, img):
     long = max(img.shape[:2])
-    first = detect_pass(models, img, 640.0 / long, 0)
-    if not first or any(size(f) * 640.0 / long > MODEL_MAX_FACE for f in first):
+    scale = FIRST_PASS_LONG_SIDE / long
+    first = detect_pass(models, img, scale, 0)
+    if not first:
+        scale = 640.0 / long
+        first = detect_pass(models, img, scale, 0)
+    if not first or any(size(f) * scale > MODEL_MAX_FACE for f in first):
         scale = 640.0 / (long * 2.0)
         second = detect_pass(models, img, scale, 0.5 * long * scale)
         if second:
@@ -336,7 +341,7 @@ def stats(v):
 
 def cmd_models(a):
     m = Models(a.models)
-    shapes = [("detector", m.det, (1, 3, 480, 640)),
+    shapes = [("detector", m.det, (1, 3, 480, 640)), ("detector_first_pass", m.det, (1, 3, 384, 480)),
               ("embedder", m.emb, (1, 3, 112, 112)), ("liveness_v2", m.live[0], (1, 3, 80, 80)),
               ("liveness_v1se", m.live[1], (1, 3, 80, 80))]
     out = []

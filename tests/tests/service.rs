@@ -151,9 +151,12 @@ fn qr(key: &SigningKey, guest_ref: &str, colour: Colour, issued_ago_s: i64, expi
 }
 
 /// Every uncropped identity with 2+ photos: enrol the first photo, check in with the others in turn
-/// (as a kiosk takes frames) until one is not RETRY -> that decision names the right reservation
-/// (APPROVED, or REVIEW when the score falls in the review band under the calibrated 1:N threshold),
-/// never another one. The single-photo identities are enrolled too, as distractors.
+/// (as a kiosk takes frames) until one is not RETRY -> that decision never names another guest's
+/// reservation; it names the right one (APPROVED, or REVIEW when the score falls in the review band
+/// under the calibrated 1:N threshold) for all but at most a tenth of the identities, which may be
+/// missed (NO_MATCH): at the 1:N threshold (FMR 1e-5) LFW's genuine pairs reach TAR 89.6 %, and 5.3 %
+/// of them score under 0.528 (FMR 1e-4), next to the review band's floor 0.51. The single-photo
+/// identities are enrolled too, as distractors.
 ///
 /// These are web photos, not live captures: passive liveness is not meaningful on them (it is tested
 /// on live and replayed captures in `pipeline.rs` and in the policy's unit tests), so this test
@@ -175,7 +178,7 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
         set_health(&s, id, pv::HealthColour::Green, true).await;
     }
     let (mut approved, mut probes, mut latencies) = (0, 0, Vec::new());
-    let mut wrong = Vec::new();
+    let (mut wrong, mut missed) = (Vec::new(), Vec::new());
     let mut no_usable_photo = Vec::new();
     let mut usable: Vec<(String, PathBuf)> = Vec::new();
     let mut approved_probes: Vec<(String, PathBuf)> = Vec::new();
@@ -211,6 +214,12 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
         } else if low_score_review && r.reservation_code == code_of(id) {
             // Right guest, score in the review band under the 1:N threshold: the front desk confirms.
             review_right += 1;
+        } else if outcome(&r) == pv::Outcome::Denied
+            && r.reasons == [pv::Reason::NoMatch as i32]
+            && r.reservation_code.is_empty()
+        {
+            // A genuine guest scored under the review band: a false non-match, no one else named.
+            missed.push(format!("{id} {}: score {:.3}", probe.display(), r.match_score));
         } else {
             wrong.push(format!(
                 "{id} {}: {:?} {:?} score {:.3} reservation {}",
@@ -231,11 +240,15 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
         latencies[latencies.len() - 1]
     );
     assert!(probes >= 15, "only {probes} identities had a usable probe photo");
-    // Every probe is identified as the right guest; none as anyone else.
+    // No probe is identified as anyone else, or given any other decision than the three above.
+    assert!(wrong.is_empty(), "wrong decisions:\n{}", wrong.join("\n"));
+    // False non-matches stay within what the calibration predicts.
+    eprintln!("missed (NO_MATCH for an enrolled guest): {missed:?}");
     assert!(
-        wrong.is_empty(),
-        "not identified as the right reservation:\n{}",
-        wrong.join("\n")
+        missed.len() * 10 <= probes,
+        "{} of {probes} genuine probes missed:\n{}",
+        missed.len(),
+        missed.join("\n")
     );
     // The 1:N threshold is calibrated at FMR 1e-5, where LFW's genuine pairs reach TAR 89.5 %: most
     // genuine check-ins are approved outright, the rest go to the desk for the right reservation.
@@ -1092,10 +1105,15 @@ async fn masked_guests_enrolled_unmasked_check_in() {
     let (guests, strangers): (Vec<_>, Vec<_>) = ids.iter().enumerate().partition(|(i, _)| i % 2 == 0);
     let mut enrolled = Vec::new();
     for (_, (id, (clean, _))) in &guests {
-        let r = enrol(&s, id, &clean[0]).await;
-        if r.templates_stored == 1 {
-            set_health(&s, id, pv::HealthColour::Green, true).await;
-            enrolled.push(id.clone());
+        // As a reservation system would: when a photo is refused (MFR2's crops are small, some faces
+        // under the enrolment minimum), send the guest's next one.
+        for photo in clean {
+            let r = enrol(&s, id, photo).await;
+            if r.templates_stored >= 1 {
+                set_health(&s, id, pv::HealthColour::Green, true).await;
+                enrolled.push(id.clone());
+                break;
+            }
         }
     }
     assert!(

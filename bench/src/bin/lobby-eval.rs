@@ -40,6 +40,10 @@ struct Args {
     /// Worker threads; each inference runs on one thread. Per-stage timings are cleanest at 1.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The detector's first-pass long side in px (the service's default when not given), for
+    /// measuring the resize policy's effect on accuracy.
+    #[arg(long)]
+    detector_first_pass: Option<f32>,
 }
 
 #[derive(Default)]
@@ -714,7 +718,11 @@ fn main() -> Result<()> {
     let source = Source::from_env();
     let paths = ensure(&model_dir, &source).with_context(|| format!("models in {}", model_dir.display()))?;
     let t0 = Instant::now();
-    let vision = Vision::load(&paths, VisionConfig::default())?;
+    let mut cfg = VisionConfig::default();
+    if let Some(px) = args.detector_first_pass {
+        cfg.detector.first_pass_long_side = px;
+    }
+    let vision = Vision::load(&paths, cfg)?;
     eprintln!("models loaded and planned in {:.1} s", t0.elapsed().as_secs_f64());
     rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads.max(1))
@@ -813,6 +821,10 @@ fn main() -> Result<()> {
         .collect();
     report.insert("timing_ms".into(), json!(timing));
     report.insert("threads".into(), json!(args.threads));
+    report.insert(
+        "detector_first_pass_long_side".into(),
+        json!(ctx.vision.config().detector.first_pass_long_side),
+    );
     report.insert("skipped".into(), json!(skipped));
     report.insert("data".into(), json!(data.display().to_string()));
     report.insert("wall_seconds".into(), json!(round(started.elapsed().as_secs_f64(), 1)));

@@ -1,11 +1,23 @@
 //! Face detection with YuNet (dynamic input size) and its 5 landmarks.
 //!
-//! Resize policy: YuNet is trained for faces of about 10-300 px. A first pass scales the photo so its
-//! long side is 640 px (faces from 1.6 % to ~47 % of the long side land in range). When it finds
-//! nothing, or a face larger than the model's range, a second pass adds a black border of a quarter
-//! of each side and scales the long side to 320 px, which brings a face filling the whole photo down
-//! to ~200 px. Canvases are padded to multiples of 32; one optimized plan per canvas size is built on
-//! first use and cached (at most 30 sizes exist under this policy).
+//! Resize policy: YuNet is trained for faces of about 10-300 px, and its time grows with the canvas'
+//! area (640x480: ~60 ms in tract on one core). A first pass scales the photo so its long side is
+//! [`DetectorConfig::first_pass_long_side`] px (480 by default: a kiosk guest's face of 120-360 px is
+//! 90-270 px there). When it finds nothing, a full pass scales the long side to 640 px for small faces
+//! (1.6 % to ~47 % of the long side land in the model's range). When that finds nothing either, or
+//! the face found is larger than the model's range, a last pass adds a black border of half of each
+//! side and scales the long side to 640 px, which brings a face filling the whole photo down to
+//! ~200 px.
+//!
+//! The first pass' size trades time for landmark precision, measured with `lobby-eval`
+//! (`bench/RESULTS.md`, "Performance"): 480 px keeps the unmasked operating points of the 640-px pass
+//! (LFW TAR at FMR 1e-4 / 1e-5) and raises the masked ones, at ~60 % of its time; 320 px is three
+//! times faster but loses 1.5-2.5 points of TAR there. A second pass on a crop around the face, meant
+//! to sharpen the landmarks at less cost, made them worse (YuNet's landmarks need the scene around the
+//! face) and was dropped.
+//!
+//! Canvases are padded to multiples of 32; one optimized plan per canvas size is built on first use
+//! and cached.
 
 use super::geometry::{BBox, Point, ScaleOffset};
 use super::runtime::{self, Plan};
@@ -18,9 +30,8 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::InferenceModel;
 
 const STRIDES: [usize; 3] = [8, 16, 32];
-const FIRST_PASS_LONG_SIDE: f32 = 640.0;
-const SECOND_PASS_LONG_SIDE: f32 = 640.0;
-const SECOND_PASS_BORDER: f32 = 0.5;
+const FULL_PASS_LONG_SIDE: f32 = 640.0;
+const BORDER_PASS_BORDER: f32 = 0.5;
 /// Largest face (canvas px) the model handles well.
 const MODEL_MAX_FACE: f32 = 300.0;
 const MAX_CACHED_PLANS: usize = 64;
@@ -44,6 +55,8 @@ impl Face {
 pub struct DetectorConfig {
     pub score_threshold: f32,
     pub nms_iou: f32,
+    /// Long side (px) the photo is scaled to for the first pass; 640 makes it the full pass.
+    pub first_pass_long_side: f32,
 }
 
 impl Default for DetectorConfig {
@@ -51,6 +64,7 @@ impl Default for DetectorConfig {
         DetectorConfig {
             score_threshold: 0.6,
             nms_iou: 0.3,
+            first_pass_long_side: 480.0,
         }
     }
 }
@@ -93,8 +107,9 @@ impl Detector {
             plans: Mutex::new(HashMap::new()),
             cfg,
         };
-        // Plan the kiosk frame size now, so the first check-in does not pay for it.
-        d.plan_for(640, 480)?;
+        // Plan the kiosk frame's locating size now, so the first check-in does not pay for it.
+        let (w, h) = d.kiosk_canvas();
+        d.plan_for(w, h)?;
         Ok(d)
     }
 
@@ -116,16 +131,26 @@ impl Detector {
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Detects faces in `img`, sorted by decreasing score.
+    /// The canvas (w, h) of a 640x480 kiosk frame's locating pass.
+    pub(super) fn kiosk_canvas(&self) -> (usize, usize) {
+        let scale = self.cfg.first_pass_long_side.clamp(32.0, FULL_PASS_LONG_SIDE) / 640.0;
+        let side = |px: f32| (((px * scale).round() as usize).max(1)).div_ceil(32) * 32;
+        (side(640.0), side(480.0))
+    }
+
+    /// Detects faces in `img`, sorted by decreasing score (see the module's resize policy).
     pub fn detect(&self, img: &RgbImage) -> Result<Vec<Face>, VisionError> {
         let long = img.width().max(img.height()) as f32;
-        let first = self.detect_pass(img, FIRST_PASS_LONG_SIDE / long, 0.0)?;
-        let too_big = first
-            .iter()
-            .any(|f| f.size() * FIRST_PASS_LONG_SIDE / long > MODEL_MAX_FACE);
+        let mut scale = self.cfg.first_pass_long_side.clamp(32.0, FULL_PASS_LONG_SIDE) / long;
+        let mut first = self.detect_pass(img, scale, 0.0)?;
+        if first.is_empty() && scale < FULL_PASS_LONG_SIDE / long {
+            scale = FULL_PASS_LONG_SIDE / long;
+            first = self.detect_pass(img, scale, 0.0)?;
+        }
+        let too_big = first.iter().any(|f| f.size() * scale > MODEL_MAX_FACE);
         if first.is_empty() || too_big {
-            let scale = SECOND_PASS_LONG_SIDE / (long * (1.0 + 2.0 * SECOND_PASS_BORDER));
-            let second = self.detect_pass(img, scale, SECOND_PASS_BORDER * long * scale)?;
+            let scale = FULL_PASS_LONG_SIDE / (long * (1.0 + 2.0 * BORDER_PASS_BORDER));
+            let second = self.detect_pass(img, scale, BORDER_PASS_BORDER * long * scale)?;
             if !second.is_empty() {
                 return Ok(second);
             }
@@ -144,7 +169,21 @@ impl Detector {
         let cw = (tf.offset.x as usize * 2 + nw as usize).div_ceil(32) * 32;
         let ch = (tf.offset.y as usize * 2 + nh as usize).div_ceil(32) * 32;
         let resized = resize_rgb(img, nw, nh, ResizeAlg::Convolution(FilterType::Bilinear))?;
-        let input = bgr_planes(&resized, cw, ch, tf.offset.x as usize, tf.offset.y as usize);
+        self.run_canvas(&resized, cw, ch, tf.offset.x as usize, tf.offset.y as usize, tf)
+    }
+
+    /// Runs the model on `part` pasted at (`ox`, `oy`) on a black `cw` x `ch` canvas; `tf` maps the
+    /// original photo to that canvas.
+    fn run_canvas(
+        &self,
+        part: &RgbImage,
+        cw: usize,
+        ch: usize,
+        ox: usize,
+        oy: usize,
+        tf: ScaleOffset,
+    ) -> Result<Vec<Face>, VisionError> {
+        let input = bgr_planes(part, cw, ch, ox, oy);
         let plan = self.plan_for(cw, ch)?;
         let out = runtime::run(&plan, &[1, 3, ch, cw], input)?;
         let mut faces = Vec::new();

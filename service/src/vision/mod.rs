@@ -177,8 +177,14 @@ impl Vision {
     fn kiosk_plans(&self) -> Result<Vec<PerModel<runtime::Plan>>, VisionError> {
         let side = ALIGNED_SIZE as usize;
         let [v2, v1se] = self.liveness.plans();
+        let (lw, lh) = self.detector.kiosk_canvas();
         Ok(vec![
             ("detector", vec![1, 3, 480, 640], self.detector.plan_for(640, 480)?),
+            (
+                "detector_first_pass",
+                vec![1, 3, lh, lw],
+                self.detector.plan_for(lw, lh)?,
+            ),
             ("embedder", vec![1, 3, side, side], self.embedder.plan().clone()),
             ("liveness_v2", vec![1, 3, 80, 80], v2.clone()),
             ("liveness_v1se", vec![1, 3, 80, 80], v1se.clone()),
