@@ -9,8 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{server::TcpIncoming, Server};
 
 /// Serves the three Lobby services, `grpc.health.v1` and reflection on `listener` until `shutdown`
 /// completes. Health reports SERVING: by the time an [`App`] exists the models are loaded and the
@@ -57,7 +56,9 @@ pub async fn run(
         .add_service(reservations)
         .add_service(kiosk)
         .add_service(front_desk)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        // TCP_NODELAY: a check-in answer is one small write; with Nagle's algorithm it waits for the
+        // kiosk's delayed ACK (~40 ms on Linux), which was a third of a check-in's latency.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             shutdown.await;
             app.begin_shutdown();
         })

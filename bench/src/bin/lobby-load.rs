@@ -106,6 +106,9 @@ struct Level {
     ok: usize,
     errors: BTreeMap<String, usize>,
     lat_ms: Vec<f64>,
+    /// The server's own time for each answered check-in (`timings.total_ms`: analysis, search and
+    /// decision, without transport, queueing and the audited write), when it reports one.
+    server_ms: Vec<f64>,
     secs: f64,
 }
 
@@ -121,7 +124,7 @@ async fn run_level(args: &Args, frames: Arc<Vec<Vec<u8>>>, n: usize, secs: f64) 
     for (w, mut c) in clients.into_iter().enumerate() {
         let frames = frames.clone();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
+            let (mut lat, mut server) = (Vec::new(), Vec::new());
             let mut errors: BTreeMap<String, usize> = BTreeMap::new();
             let mut i = w * 7;
             while Instant::now() < end {
@@ -135,11 +138,16 @@ async fn run_level(args: &Args, frames: Arc<Vec<Vec<u8>>>, n: usize, secs: f64) 
                     })
                     .await;
                 match r {
-                    Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Ok(r) => {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        if let Some(ms) = r.into_inner().timings.map(|t| t.total_ms).filter(|ms| *ms > 0.0) {
+                            server.push(ms);
+                        }
+                    }
                     Err(s) => *errors.entry(format!("{:?}", s.code())).or_default() += 1,
                 }
             }
-            (lat, errors)
+            (lat, server, errors)
         }));
     }
     let mut level = Level {
@@ -147,12 +155,14 @@ async fn run_level(args: &Args, frames: Arc<Vec<Vec<u8>>>, n: usize, secs: f64) 
         ok: 0,
         errors: BTreeMap::new(),
         lat_ms: Vec::new(),
+        server_ms: Vec::new(),
         secs: 0.0,
     };
     for t in tasks {
-        let (lat, errors) = t.await?;
+        let (lat, server, errors) = t.await?;
         level.ok += lat.len();
         level.lat_ms.extend(lat);
+        level.server_ms.extend(server);
         for (k, v) in errors {
             *level.errors.entry(k).or_default() += v;
         }
@@ -172,7 +182,7 @@ async fn main() -> Result<()> {
     }
     let mut rows = Vec::new();
     let mut table = format!(
-        "{}: closed loop, {} kiosk frames, {} s per level.\n\n| kiosks | check-ins/s | p50 ms | p95 ms | p99 ms | ok | errors |\n|---|---|---|---|---|---|---|\n",
+        "{}: closed loop, {} kiosk frames, {} s per level.\n\n| kiosks | check-ins/s | p50 ms | p95 ms | p99 ms | server p50 ms | ok | errors |\n|---|---|---|---|---|---|---|---|\n",
         args.label,
         frames.len(),
         args.duration
@@ -188,9 +198,11 @@ async fn main() -> Result<()> {
             percentile(&l.lat_ms, 99.0),
         );
         let errs: usize = l.errors.values().sum();
+        let server_p50 = (!l.server_ms.is_empty()).then(|| percentile(&l.server_ms, 50.0));
         let line = format!(
-            "| {} | {tput:.1} | {p50:.1} | {p95:.1} | {p99:.1} | {} | {} |\n",
+            "| {} | {tput:.1} | {p50:.1} | {p95:.1} | {p99:.1} | {} | {} | {} |\n",
             l.concurrency,
+            server_p50.map_or("-".to_string(), |v| format!("{v:.1}")),
             l.ok,
             if errs == 0 {
                 "0".to_string()
@@ -205,7 +217,7 @@ async fn main() -> Result<()> {
         }
         rows.push(
             json!({"concurrency": n, "throughput": tput, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
-                          "ok": l.ok, "errors": l.errors}),
+                          "server_p50_ms": server_p50, "ok": l.ok, "errors": l.errors}),
         );
     }
     let verdict = match best {
