@@ -93,8 +93,8 @@ struct SplitPrelu {
 /// `Max(-x, -a*x) = -PRelu(x)`, and every convolution that reads the result gets that input
 /// channel's weights negated, which cancels the sign. Sign flips are exact in floating point, so the
 /// model computes the same values. Applied only where `x` comes from a Conv read by nothing else and
-/// the result is read only by Convs, each with weights of its own; where the result is a graph output
-/// or named in `read`, only when no channel needs a flip. Returns the PRelus rewritten.
+/// the result is read only by Convs, each with weights of its own; where `x` or the result is a graph
+/// output or named in `read`, only when no channel needs a flip. Returns the PRelus rewritten.
 pub fn rewrite_split_prelu(g: &mut pb::GraphProto, read: &[&str]) -> usize {
     use std::collections::HashMap;
     let mut producer: HashMap<&str, usize> = HashMap::new();
@@ -173,7 +173,9 @@ pub fn rewrite_split_prelu(g: &mut pb::GraphProto, read: &[&str]) -> usize {
     let mut rewritten = 0;
     let mut new_nodes: HashMap<usize, [pb::NodeProto; 2]> = HashMap::new();
     for p in &found {
-        let visible = read.contains(&p.y.as_str()) || outputs.contains(&p.y);
+        let visible = [&p.x, &p.y]
+            .iter()
+            .any(|t| read.contains(&t.as_str()) || outputs.contains(t));
         if flip_channels(g, p, visible).is_none() {
             continue;
         }
@@ -592,6 +594,15 @@ mod tests {
         // p1 needs flips (slopes 2.5 and 8.9) and is read: left as it is; p2 is rewritten.
         assert_eq!(rewrite_split_prelu(g, &["p1"]), 1);
         let (a, b) = (run_model(&before, &["y", "p1"]), run_model(&after, &["y", "p1"]));
+        for k in 0..2 {
+            for (x, y) in a[k].iter().zip(&b[k]) {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + x.abs()), "output {k}: {x} vs {y}");
+            }
+        }
+        // The same when the convolution's output before the PRelu is the one read.
+        let mut after = model();
+        assert_eq!(rewrite_split_prelu(after.graph.as_mut().unwrap(), &["c1"]), 1);
+        let (a, b) = (run_model(&before, &["y", "c1"]), run_model(&after, &["y", "c1"]));
         for k in 0..2 {
             for (x, y) in a[k].iter().zip(&b[k]) {
                 assert!((x - y).abs() <= 1e-6 * (1.0 + x.abs()), "output {k}: {x} vs {y}");
