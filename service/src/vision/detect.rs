@@ -107,7 +107,7 @@ impl Detector {
             plans: Mutex::new(HashMap::new()),
             cfg,
         };
-        // Plan the kiosk frame's locating size now, so the first check-in does not pay for it.
+        // Plan a kiosk frame's first-pass canvas now, so the first check-in does not pay for it.
         let (w, h) = d.kiosk_canvas();
         d.plan_for(w, h)?;
         Ok(d)
@@ -131,7 +131,7 @@ impl Detector {
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// The canvas (w, h) of a 640x480 kiosk frame's locating pass.
+    /// The canvas (w, h) of a 640x480 kiosk frame's first pass.
     pub(super) fn kiosk_canvas(&self) -> (usize, usize) {
         let scale = self.cfg.first_pass_long_side.clamp(32.0, FULL_PASS_LONG_SIDE) / 640.0;
         let side = |px: f32| (((px * scale).round() as usize).max(1)).div_ceil(32) * 32;
@@ -169,21 +169,7 @@ impl Detector {
         let cw = (tf.offset.x as usize * 2 + nw as usize).div_ceil(32) * 32;
         let ch = (tf.offset.y as usize * 2 + nh as usize).div_ceil(32) * 32;
         let resized = resize_rgb(img, nw, nh, ResizeAlg::Convolution(FilterType::Bilinear))?;
-        self.run_canvas(&resized, cw, ch, tf.offset.x as usize, tf.offset.y as usize, tf)
-    }
-
-    /// Runs the model on `part` pasted at (`ox`, `oy`) on a black `cw` x `ch` canvas; `tf` maps the
-    /// original photo to that canvas.
-    fn run_canvas(
-        &self,
-        part: &RgbImage,
-        cw: usize,
-        ch: usize,
-        ox: usize,
-        oy: usize,
-        tf: ScaleOffset,
-    ) -> Result<Vec<Face>, VisionError> {
-        let input = bgr_planes(part, cw, ch, ox, oy);
+        let input = bgr_planes(&resized, cw, ch, tf.offset.x as usize, tf.offset.y as usize);
         let plan = self.plan_for(cw, ch)?;
         let out = runtime::run(&plan, &[1, 3, ch, cw], input)?;
         let mut faces = Vec::new();
