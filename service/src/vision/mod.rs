@@ -173,7 +173,9 @@ impl Vision {
         Ok(Embedding::normalised(sum).filter(|_| n > 0))
     }
 
-    /// Each model's plan at the input shape a kiosk check-in gives it: (name, input shape, plan).
+    /// Each model's plan at the input shape a kiosk check-in gives it, plus the detector's full
+    /// 640x480 pass (run when the first pass finds nothing; kept for comparison with earlier runs):
+    /// (name, input shape, plan).
     fn kiosk_plans(&self) -> Result<Vec<PerModel<runtime::Plan>>, VisionError> {
         let side = ALIGNED_SIZE as usize;
         let [v2, v1se] = self.liveness.plans();

@@ -150,9 +150,10 @@ pub fn rewrite_split_prelu(g: &mut pb::GraphProto, read: &[&str]) -> usize {
             && mul.input.len() == 2
             && float_initializer(g, &mul.input[1]).is_some()
             && uses.get(mul.input[1].as_str()) == Some(&1)
-            && [ri, mi, ni]
-                .iter()
-                .all(|&i| consumers.get(g.node[i].output[0].as_str()).map(Vec::len) == Some(1))
+            && [ri, mi, ni].iter().all(|&i| {
+                let out = g.node[i].output.first().map_or("", String::as_str);
+                consumers.get(out).map(Vec::len) == Some(1)
+            })
             && consumers.get(x.as_str()).map(Vec::len) == Some(2)
             && own_weights(pi)
             && !readers.is_empty()
@@ -179,26 +180,7 @@ pub fn rewrite_split_prelu(g: &mut pb::GraphProto, read: &[&str]) -> usize {
         if flip_channels(g, p, visible).is_none() {
             continue;
         }
-        let ax = format!("{}__prelu_ax", p.y);
-        new_nodes.insert(
-            p.nodes[3],
-            [
-                pb::NodeProto {
-                    input: vec![p.x.clone(), p.slope.clone()],
-                    output: vec![ax.clone()],
-                    name: format!("{}__mul", p.y),
-                    op_type: "Mul".into(),
-                    ..Default::default()
-                },
-                pb::NodeProto {
-                    input: vec![p.x.clone(), ax],
-                    output: vec![p.y.clone()],
-                    name: format!("{}__max", p.y),
-                    op_type: "Max".into(),
-                    ..Default::default()
-                },
-            ],
-        );
+        new_nodes.insert(p.nodes[3], max_mul(&p.x, &p.slope, &p.y, &p.y));
         drop.extend(p.nodes);
         rewritten += 1;
     }
@@ -286,6 +268,27 @@ fn flip_channels(g: &mut pb::GraphProto, p: &SplitPrelu, visible: bool) -> Optio
     Some(())
 }
 
+/// The two nodes `y = Max(x, Mul(x, a))`, named after `name`.
+fn max_mul(x: &str, a: &str, y: &str, name: &str) -> [pb::NodeProto; 2] {
+    let ax = format!("{y}__prelu_ax");
+    [
+        pb::NodeProto {
+            input: vec![x.into(), a.into()],
+            output: vec![ax.clone()],
+            name: format!("{name}__mul"),
+            op_type: "Mul".into(),
+            ..Default::default()
+        },
+        pb::NodeProto {
+            input: vec![x.into(), ax],
+            output: vec![y.into()],
+            name: format!("{name}__max"),
+            op_type: "Max".into(),
+            ..Default::default()
+        },
+    ]
+}
+
 /// Rewrites `PRelu(x, a)` as `Max(x, Mul(x, a))` where every slope is at most 1 (then `a*x <= x`
 /// exactly when `x >= 0`, so the two are equal). tract runs PRelu as a compare, a select and a
 /// multiply (three passes over the tensor); Mul + Max is one fused pass. Returns the nodes rewritten.
@@ -301,22 +304,7 @@ pub fn rewrite_prelu(g: &mut pb::GraphProto) -> usize {
             nodes.push(n);
             continue;
         }
-        let (x, a, y) = (n.input[0].clone(), n.input[1].clone(), n.output[0].clone());
-        let ax = format!("{y}__prelu_ax");
-        nodes.push(pb::NodeProto {
-            input: vec![x.clone(), a],
-            output: vec![ax.clone()],
-            name: format!("{}__mul", n.name),
-            op_type: "Mul".into(),
-            ..Default::default()
-        });
-        nodes.push(pb::NodeProto {
-            input: vec![x, ax],
-            output: vec![y],
-            name: format!("{}__max", n.name),
-            op_type: "Max".into(),
-            ..Default::default()
-        });
+        nodes.extend(max_mul(&n.input[0], &n.input[1], &n.output[0], &n.name));
         rewritten += 1;
     }
     g.node = nodes;
