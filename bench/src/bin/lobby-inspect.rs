@@ -47,6 +47,7 @@ fn main() -> Result<()> {
         if let Some(f) = a.primary {
             println!("  primary: {:?}", f.quality);
             println!("  liveness: {:?}", f.liveness);
+            println!("  mask: p {:.3}, masked {}", f.mask.p_masked, f.mask.masked);
             match &first {
                 None => first = Some(f.embedding.clone()),
                 Some(e) => println!("  cosine to the first photo's face: {:.4}", e.cosine(&f.embedding)),

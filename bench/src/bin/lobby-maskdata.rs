@@ -39,6 +39,10 @@ struct Args {
     out: PathBuf,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Draw the masks with `MaskSpec::random_varied` (printed patterns, any colour, uneven light,
+    /// grain: the mask detector's data) instead of `MaskSpec::random` (the embedder's data).
+    #[arg(long)]
+    varied: bool,
 }
 
 struct Sample {
@@ -101,7 +105,12 @@ fn main() -> Result<()> {
                 misses: 0,
             };
             for k in 0..args.variants {
-                let spec = MaskSpec::random(&mut SplitMix::new(SEED_BASE + (i * 64 + k) as u64));
+                let mut rng = SplitMix::new(SEED_BASE + (i * 64 + k) as u64);
+                let spec = if args.varied {
+                    MaskSpec::random_varied(&mut rng)
+                } else {
+                    MaskSpec::random(&mut rng)
+                };
                 let m = mask::render(&img, &face.landmarks, &spec)?;
                 let found = v.detect(&m).unwrap_or_default();
                 let f = match primary_face(&found, m.width(), m.height()) {

@@ -5,7 +5,10 @@
 //! chin), mapped into the photo by the inverse of the face's alignment transform, filled with 2x2
 //! supersampled coverage, and shaded by style: surgical (pleats, light colours), cloth (woven
 //! texture, darker colours), N95-like (cup with a centre seam). Rendering is deterministic given a
-//! [`MaskSpec`]; [`MaskSpec::random`] draws one from a seed.
+//! [`MaskSpec`]; [`MaskSpec::random`] draws one from a seed (enrolment and evaluation masks: plain
+//! fabric, even light). [`MaskSpec::random_varied`] adds what real masks in the lobby show and the
+//! plain ones lack, for training the mask detector: printed patterns in a second colour (stripes,
+//! dots, checks, blotchy prints), any colour, uneven light and sensor grain.
 
 use super::embed::ARCFACE_TEMPLATE;
 use super::geometry::{umeyama, Point};
@@ -24,9 +27,49 @@ pub struct MaskSpec {
     pub colour: [u8; 3],
     /// Vertical shift of the top edge in template pixels (how high on the nose the mask sits).
     pub top_shift: f32,
-    /// Texture seed (cloth weave phase, pleat jitter).
+    /// Texture seed (cloth weave phase, pleat jitter, print phase, grain).
     pub texture: u32,
+    /// A printed pattern in `colour2`.
+    pub print: Print,
+    pub colour2: [u8; 3],
+    /// Light on the mask: overall gain and a left-to-right gradient (1.0 and 0.0: as drawn).
+    pub gain: f32,
+    pub gradient: f32,
+    /// Per-pixel noise amplitude in 0-255 units (0: none).
+    pub grain: f32,
 }
+
+/// A printed pattern on the fabric; sizes in template pixels (the aligned face is 112 wide).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Print {
+    Plain,
+    Stripes {
+        period: f32,
+        angle: f32,
+    },
+    Dots {
+        period: f32,
+        radius: f32,
+    },
+    Checks {
+        period: f32,
+    },
+    /// Stripes both ways, half-blended where they cross: three tones, as a woven plaid.
+    Plaid {
+        period: f32,
+    },
+    /// Overlapping waves thresholded into irregular patches (floral, camouflage, paisley-like).
+    Blotches {
+        scale: f32,
+    },
+    /// Single specks of `colour2` on a fraction `density` of the fabric's template pixels.
+    Speckle {
+        density: f32,
+    },
+}
+
+/// Neutral values of the variety fields: plain fabric, even light, no grain.
+const PLAIN: (Print, [u8; 3], f32, f32, f32) = (Print::Plain, [0, 0, 0], 1.0, 0.0, 0.0);
 
 const SURGICAL_COLOURS: [[u8; 3]; 4] = [[160, 206, 235], [236, 238, 240], [150, 205, 180], [40, 42, 46]];
 const CLOTH_COLOURS: [[u8; 3]; 5] = [
@@ -80,42 +123,159 @@ impl MaskSpec {
             colour,
             top_shift: rng.unit() * 6.0 - 3.0,
             texture: rng.next_u64() as u32,
+            ..MaskSpec::plain(style, colour)
         }
+    }
+
+    /// A mask as [`MaskSpec::random`] draws it (the same draws first, so the shapes match), then
+    /// dressed with what plain renders lack: half the time a colour drawn from the whole colour
+    /// space instead of the palette, in 70 % of cloth and a fifth of other masks a printed pattern
+    /// at any scale from the weave's (2 template pixels) to a bold print's (16), uneven light
+    /// (gain 0.55-1.15, gradient up to +-35 %) and grain up to 8 levels.
+    pub fn random_varied(rng: &mut SplitMix) -> MaskSpec {
+        let mut m = MaskSpec::random(rng);
+        if rng.unit() < 0.5 {
+            m.colour = random_colour(rng);
+        }
+        m.colour2 = random_colour(rng);
+        let printed = if m.style == MaskStyle::Cloth { 0.7 } else { 0.2 };
+        if rng.unit() < printed {
+            // Log-uniform sizes, so fine weaves are as likely as bold prints.
+            let size = |rng: &mut SplitMix, lo: f32, hi: f32| lo * (hi / lo).powf(rng.unit());
+            m.print = match rng.below(6) {
+                0 => Print::Stripes {
+                    period: size(rng, 2.0, 16.0),
+                    angle: rng.unit() * std::f32::consts::PI,
+                },
+                1 => Print::Dots {
+                    period: size(rng, 2.5, 15.0),
+                    radius: 0.2 + rng.unit() * 0.25,
+                },
+                2 => Print::Checks {
+                    period: size(rng, 2.0, 12.0),
+                },
+                3 => Print::Plaid {
+                    period: size(rng, 2.0, 12.0),
+                },
+                4 => Print::Blotches {
+                    scale: 0.12 + rng.unit() * 0.35,
+                },
+                _ => Print::Speckle {
+                    density: 0.05 + rng.unit() * 0.4,
+                },
+            };
+        }
+        m.gain = 0.55 + rng.unit() * 0.6;
+        m.gradient = rng.unit() * 0.7 - 0.35;
+        m.grain = rng.unit() * 8.0;
+        m
     }
 
     /// A light-blue surgical mask, as the reference study's `draw_mask`.
     pub fn surgical_blue() -> MaskSpec {
+        MaskSpec::plain(MaskStyle::Surgical, SURGICAL_COLOURS[0])
+    }
+
+    const fn plain(style: MaskStyle, colour: [u8; 3]) -> MaskSpec {
         MaskSpec {
-            style: MaskStyle::Surgical,
-            colour: SURGICAL_COLOURS[0],
+            style,
+            colour,
             top_shift: 0.0,
             texture: 0,
+            print: PLAIN.0,
+            colour2: PLAIN.1,
+            gain: PLAIN.2,
+            gradient: PLAIN.3,
+            grain: PLAIN.4,
         }
     }
+
+    /// How much of `colour2` shows at template point (x, y): 0 (plain) to 1.
+    fn print_share(&self, x: f32, y: f32) -> f32 {
+        let ph = (self.texture % 997) as f32 * 0.37;
+        match self.print {
+            Print::Plain => 0.0,
+            Print::Stripes { period, angle } => {
+                let u = x * angle.cos() + y * angle.sin() + ph;
+                if (u / period).rem_euclid(1.0) < 0.5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Print::Dots { period, radius } => {
+                let (u, v) = ((x + ph) / period, (y + ph * 0.7) / period);
+                let (du, dv) = (u - u.round(), v - v.round());
+                if du * du + dv * dv < radius * radius {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Print::Checks { period } => {
+                let (u, v) = (((x + ph) / period).floor() as i64, ((y + ph) / period).floor() as i64);
+                ((u + v).rem_euclid(2)) as f32
+            }
+            Print::Plaid { period } => {
+                let band = |u: f32| {
+                    if ((u + ph) / period).rem_euclid(1.0) < 0.5 {
+                        0.5
+                    } else {
+                        0.0
+                    }
+                };
+                band(x) + band(y)
+            }
+            Print::Speckle { density } => {
+                let cell =
+                    ((y.floor() as i64 as u64) << 20) ^ (x.floor() as i64 as u64) ^ ((self.texture as u64) << 40);
+                if SplitMix::new(cell).unit() < density {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Print::Blotches { scale } => {
+                let w = (x * scale + ph).sin() * (y * scale * 1.3 + ph * 0.5).cos()
+                    + (x * scale * 0.7 - y * scale * 0.9 + ph * 1.7).sin();
+                if w > 0.35 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// A colour from the whole space: hue uniform, saturation 0-1, value 0.12-1.
+fn random_colour(rng: &mut SplitMix) -> [u8; 3] {
+    let h = rng.unit() * 6.0;
+    let s = rng.unit();
+    let v = 0.12 + rng.unit() * 0.88;
+    let f = h - h.floor();
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    let (r, g, b) = match h as u32 {
+        0 => (v, t, p),
+        1 => (q, v, p),
+        2 => (p, v, t),
+        3 => (p, q, v),
+        4 => (t, p, v),
+        _ => (v, p, q),
+    };
+    [r, g, b].map(|c| (c * 255.0).round().clamp(0.0, 255.0) as u8)
 }
 
 /// The masks drawn on an enrolment photo for its masked template: the commonest kinds (a light-blue
 /// surgical mask, a dark cloth mask, a white N95), none of them a random draw, so the same photo
 /// always gives the same template.
 pub const ENROLMENT_MASKS: [MaskSpec; 3] = [
+    MaskSpec::plain(MaskStyle::Surgical, SURGICAL_COLOURS[0]),
     MaskSpec {
-        style: MaskStyle::Surgical,
-        colour: SURGICAL_COLOURS[0],
-        top_shift: 0.0,
-        texture: 0,
-    },
-    MaskSpec {
-        style: MaskStyle::Cloth,
-        colour: CLOTH_COLOURS[0],
-        top_shift: 0.0,
         texture: 3,
+        ..MaskSpec::plain(MaskStyle::Cloth, CLOTH_COLOURS[0])
     },
-    MaskSpec {
-        style: MaskStyle::N95,
-        colour: N95_COLOURS[0],
-        top_shift: 0.0,
-        texture: 0,
-    },
+    MaskSpec::plain(MaskStyle::N95, N95_COLOURS[0]),
 ];
 
 impl MaskSpec {
@@ -250,9 +410,21 @@ pub fn render(img: &RgbImage, landmarks: &[Point; 5], spec: &MaskSpec) -> Option
                 continue;
             }
             let s = shade / cover;
+            // The print, light and grain at the pixel's centre (the coverage above antialiases
+            // only the outline).
+            let t = to_template.apply(Point::new(x as f32, y as f32));
+            let share = spec.print_share(t.x, t.y);
+            let light = spec.gain * (1.0 + spec.gradient * (t.x - 56.0) / 56.0);
+            let grain = if spec.grain > 0.0 {
+                let mut h = SplitMix::new(((y as u64) << 32) ^ (x as u64) ^ ((spec.texture as u64) << 48));
+                (h.unit() * 2.0 - 1.0) * spec.grain
+            } else {
+                0.0
+            };
             let px = out.get_pixel_mut(x as u32, y as u32);
             for c in 0..3 {
-                let m = (spec.colour[c] as f32 * s).clamp(0.0, 255.0);
+                let base = spec.colour[c] as f32 * (1.0 - share) + spec.colour2[c] as f32 * share;
+                let m = (base * s * light + grain).clamp(0.0, 255.0);
                 px.0[c] = (px.0[c] as f32 * (1.0 - cover) + m * cover).round() as u8;
             }
         }
@@ -276,6 +448,8 @@ mod tests {
             MaskSpec::surgical_blue(),
             MaskSpec::random(&mut SplitMix::new(1)),
             MaskSpec::random(&mut SplitMix::new(2)),
+            MaskSpec::random_varied(&mut SplitMix::new(3)),
+            MaskSpec::random_varied(&mut SplitMix::new(4)),
         ] {
             let out = render(&img, &lms, &spec).unwrap();
             let at = |p: Point| out.get_pixel(p.x.round() as u32, p.y.round() as u32).0;
@@ -294,5 +468,61 @@ mod tests {
         for s in [MaskStyle::Surgical, MaskStyle::Cloth, MaskStyle::N95] {
             assert!(a.iter().any(|m| m.style == s), "{s:?} never drawn");
         }
+        // Plain draws stay plain (the evaluation's masks do not change with the training variety).
+        assert!(a
+            .iter()
+            .all(|m| m.print == Print::Plain && m.gain == 1.0 && m.grain == 0.0));
+    }
+
+    #[test]
+    fn varied_specs_keep_the_shape_and_add_prints_and_light() {
+        let plain: Vec<MaskSpec> = (0..200).map(|i| MaskSpec::random(&mut SplitMix::new(i))).collect();
+        let varied: Vec<MaskSpec> = (0..200)
+            .map(|i| MaskSpec::random_varied(&mut SplitMix::new(i)))
+            .collect();
+        for (p, v) in plain.iter().zip(&varied) {
+            assert_eq!((p.style, p.top_shift, p.texture), (v.style, v.top_shift, v.texture));
+            assert!((0.55..=1.15).contains(&v.gain) && v.gradient.abs() <= 0.35);
+        }
+        let printed = varied.iter().filter(|m| m.print != Print::Plain).count();
+        assert!((40..=120).contains(&printed), "{printed} of 200 printed");
+        for kind in 0..6 {
+            assert!(
+                varied.iter().any(|m| matches!(
+                    (kind, m.print),
+                    (0, Print::Stripes { .. })
+                        | (1, Print::Dots { .. })
+                        | (2, Print::Checks { .. })
+                        | (3, Print::Plaid { .. })
+                        | (4, Print::Blotches { .. })
+                        | (5, Print::Speckle { .. })
+                )),
+                "print kind {kind} never drawn"
+            );
+        }
+        // A printed mask really shows both colours.
+        let img = RgbImage::from_pixel(400, 400, image::Rgb([128, 128, 128]));
+        let place = super::super::geometry::Affine {
+            m: [2.5, 0.0, 60.0, 0.0, 2.5, 40.0],
+        };
+        let lms = ARCFACE_TEMPLATE.map(|p| place.apply(p));
+        let spec = MaskSpec {
+            print: Print::Checks { period: 8.0 },
+            colour: [250, 250, 250],
+            colour2: [10, 10, 10],
+            ..MaskSpec::surgical_blue()
+        };
+        let out = render(&img, &lms, &spec).unwrap();
+        let mouth = lms[3].mid(lms[4]);
+        let patch: Vec<u8> = (-20..20)
+            .flat_map(|d| {
+                let p = out.get_pixel((mouth.x + d as f32) as u32, (mouth.y + 20.0) as u32).0;
+                [p[0]]
+            })
+            .collect();
+        assert!(
+            patch.iter().any(|&v| v > 200) && patch.iter().any(|&v| v < 40),
+            "{patch:?}"
+        );
     }
 }
