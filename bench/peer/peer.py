@@ -22,6 +22,7 @@ import sqlite3
 import sys
 import threading
 import time
+import tomllib
 from concurrent import futures
 
 import cv2
@@ -35,7 +36,7 @@ faiss.omp_set_num_threads(1)
 
 FILES = {
     "detector": "face_detection_yunet_s_dynamic.onnx",
-    "embedder": "face_embedding_mobilefacenet_sirius_192.onnx",
+    "embedder": "face_embedding_mobilefacenet_masked_192.onnx",
     "liveness_v2": "antispoof_MiniFASNetV2_scale2.7_80x80.onnx",
     "liveness_v1se": "antispoof_MiniFASNetV1SE_scale4.0_80x80.onnx",
     "mask": "mask_detector_probe.onnx",
@@ -46,8 +47,11 @@ ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
 STRIDES = (8, 16, 32)
 SCORE_THRESHOLD, NMS_IOU, MODEL_MAX_FACE = 0.6, 0.3, 300.0
 FIRST_PASS_LONG_SIDE = 480.0
-# Thresholds: service/config/defaults.toml.
-MATCH_1N, MATCH_1N_MASKED, REVIEW_BAND, MARGIN, LIVENESS = 0.592, 0.6133, 0.08, 0.08, 0.5
+# Thresholds: read from the service's own defaults, so the two decide alike.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "service", "config", "defaults.toml"), "rb") as _f:
+    _POLICY = tomllib.load(_f)["policy"]
+MATCH_1N, MATCH_1N_MASKED = _POLICY["match_threshold_1n"], _POLICY["match_threshold_1n_masked"]
+REVIEW_BAND, MARGIN, LIVENESS = _POLICY["review_band"], _POLICY["margin"], _POLICY["liveness_threshold"]
 MIN_FACE, MIN_BRIGHT, MAX_BRIGHT, MIN_SHARP = 60, 40, 225, 20
 
 

@@ -35,10 +35,16 @@ pub struct ModelSpec {
 }
 
 /// The self-trained models, by file name (`models/trained/README.md` says how each was made).
-const TRAINED: &[(&str, &[u8])] = &[(
-    "mask_detector_probe.onnx",
-    include_bytes!("../trained/mask_detector_probe.onnx"),
-)];
+const TRAINED: &[(&str, &[u8])] = &[
+    (
+        "face_embedding_mobilefacenet_masked_192.onnx",
+        include_bytes!("../trained/face_embedding_mobilefacenet_masked_192.onnx"),
+    ),
+    (
+        "mask_detector_probe.onnx",
+        include_bytes!("../trained/mask_detector_probe.onnx"),
+    ),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {

@@ -75,11 +75,10 @@ pub fn today() -> NaiveDate {
 /// comparable and are not searched.
 pub fn model_id() -> String {
     let m = lobby_models::Manifest::embedded();
-    let sha = m
-        .get("embedder")
-        .map(|s| s.sha256[..12].to_string())
-        .unwrap_or_default();
-    format!("mobilefacenet-sirius-192@{sha}")
+    match m.get("embedder") {
+        Some(s) => format!("{}@{}", s.file.trim_end_matches(".onnx"), &s.sha256[..12]),
+        None => "embedder@unknown".into(),
+    }
 }
 
 /// One enrolment photo's outcome.
