@@ -301,11 +301,12 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lobby-models-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    /// An empty folder, removed with everything in it when the test ends.
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lobby-models-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -334,25 +335,25 @@ mod tests {
     #[test]
     fn missing_model_names_the_file_and_how_to_fetch() {
         let d = scratch("missing");
-        let e = verify(&d).unwrap_err().to_string();
+        let e = verify(d.path()).unwrap_err().to_string();
         assert!(e.contains("face_detection_yunet_s_dynamic.onnx"), "{e}");
         assert!(e.contains("lobby-models -- install"), "{e}");
     }
 
     #[test]
     fn corrupt_mirror_is_refused_and_nothing_is_installed() {
-        let mirror = scratch("badmirror");
-        let dest = scratch("baddest");
+        let (mirror, dest) = (scratch("badmirror"), scratch("baddest"));
+        let (mirror, dest) = (mirror.path(), dest.path());
         let m = Manifest::embedded();
         for s in &m.models {
             fs::write(mirror.join(&s.file), b"not a model").unwrap();
         }
-        let e = install(&dest, &Source::Mirror(mirror)).unwrap_err();
+        let e = install(dest, &Source::Mirror(mirror.to_path_buf())).unwrap_err();
         assert!(matches!(e, Error::FetchedCorrupt { .. }), "{e}");
         assert!(!dest.join(&m.models[0].file).exists());
         // And a corrupt file already in place is reported as corrupt.
         fs::write(dest.join(&m.models[0].file), b"xx").unwrap();
-        assert!(matches!(verify(&dest).unwrap_err(), Error::Corrupt { .. }));
+        assert!(matches!(verify(dest).unwrap_err(), Error::Corrupt { .. }));
     }
 
     /// A tiny HTTP server on loopback that serves `files`, for the base-URL path.
@@ -402,7 +403,7 @@ mod tests {
             .collect();
         let url = serve(files);
         let dest = scratch("url");
-        let e = install(&dest, &Source::BaseUrl(url)).unwrap_err();
+        let e = install(dest.path(), &Source::BaseUrl(url)).unwrap_err();
         assert!(matches!(e, Error::FetchedCorrupt { .. }), "{e}");
     }
 
@@ -410,7 +411,7 @@ mod tests {
     fn base_url_404_is_a_fetch_error() {
         let url = serve(vec![]);
         let dest = scratch("url404");
-        let e = install(&dest, &Source::BaseUrl(url)).unwrap_err();
+        let e = install(dest.path(), &Source::BaseUrl(url)).unwrap_err();
         assert!(matches!(e, Error::Fetch { .. }), "{e}");
     }
 }

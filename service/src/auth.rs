@@ -296,8 +296,9 @@ mod tests {
 
     #[test]
     fn bootstrap_writes_hashes_and_a_private_token_file_once() {
-        let dir = std::env::temp_dir().join(format!("lobby-auth-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // Removed with the token file in it when the test ends.
+        let tmp = tempfile::Builder::new().prefix("lobby-auth-").tempdir().unwrap();
+        let dir = tmp.path().join("data");
         let (entries, path) = bootstrap_credentials(&dir, "demo").unwrap();
         let path = path.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
