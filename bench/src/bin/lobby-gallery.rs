@@ -1,10 +1,17 @@
 //! `lobby-gallery`: 1:N search structures at scale, and the server's start-up with many templates.
 //!
-//! For each size N: N synthetic templates (random unit vectors of `--dim`; random 192-d unit vectors
-//! are as unlike each other as real different faces are, cosine ~ N(0, 0.07)), queries that are
-//! noisy copies of stored templates (cosine ~0.65 to their source, like a genuine check-in photo),
-//! and for Faiss Flat, HNSW and IVF: build time, memory (resident set growth), query p50/p99 one
-//! query at a time on one thread, and recall@1 against exact search. Then (`--startup N`) N
+//! For each size N: N synthetic templates and queries that are noisy copies of stored templates (a
+//! genuine check-in photo of an enrolled guest), and for Faiss Flat, HNSW and IVF: build time, memory
+//! (resident set growth), query p50/p99 one query at a time on one thread, and recall@1 against exact
+//! search. Two kinds of synthetic data:
+//! - default: random unit vectors of `--dim` (cosine between templates ~ N(0, 0.07)), queries at
+//!   cosine ~0.65 to their source. No neighbourhood structure at all: the worst case for HNSW and IVF.
+//! - `--data DIR` (embedding-like): the service's embedder is run on LFW photos of `DIR`; templates
+//!   are drawn from a Gaussian with the mean and covariance of those real templates (as
+//!   `mean + sum_i z_i (t_i - mean) / sqrt(m)`, z ~ N(0, 1), then L2-normalised), and queries add to
+//!   their source noise shaped like real genuine-pair differences (same construction on `a - b` of
+//!   LFW's same-person pairs), scaled so that their mean cosine to the source is the real pairs'
+//!   mean cosine. Real faces' spectrum, no real photo stored. Then (`--startup N`) N
 //! templates written to a real SQLite store and the time from nothing to a serving-ready `App`
 //! (models loaded and planned, every property's gallery built), and its memory.
 use anyhow::Result;
@@ -40,8 +47,109 @@ struct Args {
     properties: usize,
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Embedding-like data: take the templates' statistics from the LFW photos of this data folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// LFW same-person pairs embedded for those statistics (both photos of each).
+    #[arg(long, default_value_t = 600)]
+    real_pairs: usize,
+    /// Index kinds to build (Flat is always built: it is the exact reference).
+    #[arg(long, default_value = "HNSW32,IVF", value_delimiter = ',')]
+    indexes: Vec<String>,
     #[command(flatten)]
     out: record::Output,
+}
+
+/// Real templates' statistics: rows (dim floats each) whose Gaussian combinations reproduce the
+/// covariance of real templates (`between`) and of genuine-pair differences (`within`).
+struct RealStats {
+    mean: Vec<f32>,
+    between: Vec<f32>,
+    within: Vec<f32>,
+    /// Mean cosine of the real same-person pairs.
+    genuine_cos: f32,
+}
+
+impl RealStats {
+    fn measure(args: &Args, data: &std::path::Path) -> Result<RealStats> {
+        use rayon::prelude::*;
+        let model_dir = args.models.clone().unwrap_or_else(default_model_dir);
+        let paths = ensure(&model_dir, &Source::from_env())?;
+        let vision = Vision::load(&paths, lobby_service::vision::VisionConfig::default())?;
+        let pairs: Vec<_> = lobby_bench::datasets::lfw_pairs(&data.join("lfw"))?
+            .into_iter()
+            .filter(|p| p.same)
+            .take(args.real_pairs)
+            .collect();
+        let embed = |p: &PathBuf| -> Option<Vec<f32>> {
+            let a = vision.analyze_bytes(&std::fs::read(p).ok()?).ok()?;
+            Some(a.primary?.embedding.0.clone())
+        };
+        let got: Vec<(Vec<f32>, Vec<f32>)> = pairs
+            .par_iter()
+            .filter_map(|p| Some((embed(&p.a)?, embed(&p.b)?)))
+            .collect();
+        anyhow::ensure!(got.len() >= 100, "only {} LFW pairs embedded", got.len());
+        let dim = got[0].0.len();
+        anyhow::ensure!(
+            dim == args.dim,
+            "the embedder gives {dim}-d templates, --dim is {}",
+            args.dim
+        );
+        let m = 2 * got.len();
+        let mut mean = vec![0f32; dim];
+        for (a, b) in &got {
+            for i in 0..dim {
+                mean[i] += (a[i] + b[i]) / m as f32;
+            }
+        }
+        // Noise with the shape of a - b, scaled so that a query's mean cosine to its normalised
+        // source equals the real pairs' mean cosine c: |s + n|^2 = 1 + k^2 E|a - b|^2 = 1 / c^2.
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let c = got.iter().map(|(a, b)| dot(a, b)).sum::<f32>() / got.len() as f32;
+        let d2 = got.iter().map(|(a, b)| 2.0 - 2.0 * dot(a, b)).sum::<f32>() / got.len() as f32;
+        let k = ((1.0 / (c * c) - 1.0) / d2.max(1e-6)).max(0.0).sqrt();
+        let mut between = Vec::with_capacity(m * dim);
+        let mut within = Vec::with_capacity(got.len() * dim);
+        for (a, b) in &got {
+            between.extend(a.iter().zip(&mean).map(|(x, u)| x - u));
+            between.extend(b.iter().zip(&mean).map(|(x, u)| x - u));
+            within.extend(a.iter().zip(b).map(|(x, y)| k * (x - y)));
+        }
+        eprintln!(
+            "embedding-like data: statistics of {m} real templates from {} LFW same-person pairs (mean cosine {c:.3})",
+            got.len()
+        );
+        Ok(RealStats {
+            mean,
+            between,
+            within,
+            genuine_cos: c,
+        })
+    }
+
+    /// `n` draws of `offset + sum_i z_i row_i / sqrt(rows)`; `offset` is per draw (dim floats each)
+    /// or one vector for all. Not normalised.
+    fn draw(rows: &[f32], dim: usize, offsets: &[f32], n: usize, seed: u64) -> Vec<f32> {
+        use rayon::prelude::*;
+        let k = rows.len() / dim;
+        let scale = 1.0 / (k as f32).sqrt();
+        let mut out = vec![0f32; n * dim];
+        out.par_chunks_mut(dim).enumerate().for_each(|(j, v)| {
+            let mut rng = StdRng::seed_from_u64(seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let off = if offsets.len() == dim {
+                offsets
+            } else {
+                &offsets[j * dim..(j + 1) * dim]
+            };
+            v.copy_from_slice(off);
+            for row in rows.chunks(dim) {
+                let z = gaussian(&mut rng) * scale;
+                v.iter_mut().zip(row).for_each(|(x, r)| *x += z * r);
+            }
+        });
+        out
+    }
 }
 
 fn rss_mib() -> f64 {
@@ -96,27 +204,73 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dim = args.dim;
     let per_property = idle_property_bytes(dim)?;
+    let stats = match &args.data {
+        Some(d) => Some(RealStats::measure(&args, d)?),
+        None => None,
+    };
     let mut rows: Vec<Row> = Vec::new();
+    let mut genuine_cos = Vec::new();
     for &n in &args.n {
         let mut rng = StdRng::seed_from_u64(20261122 + n as u64);
-        let data = random_units(&mut rng, n, dim);
-        // Queries: stored templates plus noise, at cosine ~0.65 to their source.
-        let mut queries = Vec::with_capacity(args.queries * dim);
-        for _ in 0..args.queries {
-            let src = rng.gen_range(0..n);
-            let mut noise: Vec<f32> = (0..dim).map(|_| gaussian(&mut rng)).collect();
-            unit(&mut noise);
-            let mut q: Vec<f32> = data[src * dim..(src + 1) * dim]
-                .iter()
-                .zip(&noise)
-                .map(|(a, b)| 0.65 * a + 0.76 * b)
-                .collect();
-            unit(&mut q);
-            queries.extend(q);
-        }
+        let (data, queries) = match &stats {
+            None => {
+                let data = random_units(&mut rng, n, dim);
+                // Queries: stored templates plus noise, at cosine ~0.65 to their source.
+                let mut queries = Vec::with_capacity(args.queries * dim);
+                for _ in 0..args.queries {
+                    let src = rng.gen_range(0..n);
+                    let mut noise: Vec<f32> = (0..dim).map(|_| gaussian(&mut rng)).collect();
+                    unit(&mut noise);
+                    let mut q: Vec<f32> = data[src * dim..(src + 1) * dim]
+                        .iter()
+                        .zip(&noise)
+                        .map(|(a, b)| 0.65 * a + 0.76 * b)
+                        .collect();
+                    unit(&mut q);
+                    queries.extend(q);
+                }
+                (data, queries)
+            }
+            Some(st) => {
+                let mut data = RealStats::draw(&st.between, dim, &st.mean, n, 20261122 + n as u64);
+                data.chunks_mut(dim).for_each(unit);
+                let sources: Vec<f32> = (0..args.queries)
+                    .flat_map(|_| {
+                        let src = rng.gen_range(0..n);
+                        data[src * dim..(src + 1) * dim].to_vec()
+                    })
+                    .collect();
+                let mut queries = RealStats::draw(&st.within, dim, &sources, args.queries, 7 + n as u64);
+                queries.chunks_mut(dim).for_each(unit);
+                let cos: Vec<f64> = queries
+                    .chunks(dim)
+                    .zip(sources.chunks(dim))
+                    .map(|(q, s)| q.iter().zip(s).map(|(a, b)| a * b).sum::<f32>() as f64)
+                    .collect();
+                // And between different stored templates (real LFW impostor pairs: mean ~0.0-0.1).
+                let other: Vec<f64> = (0..2000)
+                    .map(|_| {
+                        let (a, b) = (rng.gen_range(0..n), rng.gen_range(0..n));
+                        let (a, b) = (&data[a * dim..(a + 1) * dim], &data[b * dim..(b + 1) * dim]);
+                        a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() as f64
+                    })
+                    .collect();
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+                let sd =
+                    |v: &[f64]| (v.iter().map(|x| (x - mean(v)).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
+                genuine_cos.push(format!(
+                    "{:.3} (sd {:.3}), between templates {:.3} (sd {:.3})",
+                    mean(&cos),
+                    sd(&cos),
+                    mean(&other),
+                    sd(&other)
+                ));
+                (data, queries)
+            }
+        };
         let nlist = ((4.0 * (n as f64).sqrt()) as usize).clamp(16, 8192);
         let mut exact: Vec<i64> = Vec::new();
-        let configs: Vec<(String, Vec<(&str, f64)>)> = vec![
+        let mut configs: Vec<(String, Vec<(&str, f64)>)> = vec![
             ("Flat".into(), vec![("", 0.0)]),
             (
                 "HNSW32".into(),
@@ -132,6 +286,7 @@ fn main() -> Result<()> {
                 vec![("nprobe", 1.0), ("nprobe", 8.0), ("nprobe", 32.0), ("nprobe", 128.0)],
             ),
         ];
+        configs.retain(|(f, _)| f == "Flat" || args.indexes.iter().any(|k| f.starts_with(k.as_str())));
         for (factory, params) in configs {
             let before = rss_mib();
             let t = Instant::now();
@@ -178,9 +333,19 @@ fn main() -> Result<()> {
             drop(index);
         }
     }
+    let kind = match &stats {
+        None => "Synthetic {dim}-d unit templates (random: no neighbourhood structure); {q} queries (noisy copies of stored templates, cosine ~0.65)".to_string(),
+        Some(st) => format!(
+            "Embedding-like {{dim}}-d templates (Gaussian with the mean and covariance of {} real templates of LFW, normalised); {{q}} queries (stored templates plus noise shaped like {} real same-person differences, scaled to their mean cosine {:.3}; measured per N: mean cosine to their source {})",
+            st.between.len() / dim,
+            st.within.len() / dim,
+            st.genuine_cos,
+            genuine_cos.join(" / ")
+        ),
+    };
     let mut table = format!(
-        "Synthetic {dim}-d unit templates; {} queries (noisy copies of stored templates, cosine ~0.65), one at a time on one thread; recall@1 against exact (Flat) search; memory = resident-set growth while building.\n\n| N | index | search parameter | build s | memory MiB | bytes/template | p50 ms | p99 ms | recall@1 |\n|---|---|---|---|---|---|---|---|---|\n",
-        args.queries
+        "{}, one at a time on one thread; recall@1 against exact (Flat) search; memory = resident-set growth while building.\n\n| N | index | search parameter | build s | memory MiB | bytes/template | p50 ms | p99 ms | recall@1 |\n|---|---|---|---|---|---|---|---|---|\n",
+        kind.replace("{dim}", &dim.to_string()).replace("{q}", &args.queries.to_string())
     );
     for r in &rows {
         table.push_str(&format!(
