@@ -8,7 +8,7 @@
 //! [`MaskSpec`]; [`MaskSpec::random`] draws one from a seed (enrolment and evaluation masks: plain
 //! fabric, even light). [`MaskSpec::random_varied`] adds what real masks in the lobby show and the
 //! plain ones lack, for training the mask detector: printed patterns in a second colour (stripes,
-//! dots, checks, blotchy prints), any colour, uneven light and sensor grain.
+//! dots, checks, plaid, blotches, specks), any colour, uneven light and sensor grain.
 
 use super::embed::ARCFACE_TEMPLATE;
 use super::geometry::{umeyama, Point};
@@ -67,9 +67,6 @@ pub enum Print {
         density: f32,
     },
 }
-
-/// Neutral values of the variety fields: plain fabric, even light, no grain.
-const PLAIN: (Print, [u8; 3], f32, f32, f32) = (Print::Plain, [0, 0, 0], 1.0, 0.0, 0.0);
 
 const SURGICAL_COLOURS: [[u8; 3]; 4] = [[160, 206, 235], [236, 238, 240], [150, 205, 180], [40, 42, 46]];
 const CLOTH_COLOURS: [[u8; 3]; 5] = [
@@ -182,11 +179,12 @@ impl MaskSpec {
             colour,
             top_shift: 0.0,
             texture: 0,
-            print: PLAIN.0,
-            colour2: PLAIN.1,
-            gain: PLAIN.2,
-            gradient: PLAIN.3,
-            grain: PLAIN.4,
+            // Plain fabric, even light, no grain.
+            print: Print::Plain,
+            colour2: [0, 0, 0],
+            gain: 1.0,
+            gradient: 0.0,
+            grain: 0.0,
         }
     }
 
