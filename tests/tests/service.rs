@@ -1151,9 +1151,10 @@ async fn masked_guests_enrolled_unmasked_check_in() {
         );
     }
     assert!(probes >= 8, "too few usable masked photos ({probes})");
-    // The detector is right on ~93 % of MFR2 faces (lobby-eval): most of these must be called masked.
+    // The detector is right on 97 % of MFR2 faces (lobby-eval: 86 of 90 masked ones): at least nine
+    // in ten of these must be called masked.
     assert!(
-        called_masked * 3 >= probes * 2,
+        called_masked * 10 >= probes * 9,
         "mask detector: {called_masked}/{probes} called masked"
     );
     // A masked guest enrolled unmasked, recognised as masked, is approved for their reservation.
