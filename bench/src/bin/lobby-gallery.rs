@@ -54,8 +54,14 @@ struct Args {
     #[arg(long, default_value_t = 600)]
     real_pairs: usize,
     /// Index kinds to build (Flat is always built: it is the exact reference).
-    #[arg(long, default_value = "HNSW32,IVF", value_delimiter = ',')]
+    #[arg(long, default_value = "HNSW,IVF", value_delimiter = ',')]
     indexes: Vec<String>,
+    /// HNSW graph degree M (links per node).
+    #[arg(long, default_value_t = 32)]
+    hnsw_m: usize,
+    /// HNSW efSearch values swept.
+    #[arg(long, default_value = "16,32,64,128", value_delimiter = ',')]
+    ef_search: Vec<usize>,
     #[command(flatten)]
     out: record::Output,
 }
@@ -273,13 +279,8 @@ fn main() -> Result<()> {
         let mut configs: Vec<(String, Vec<(&str, f64)>)> = vec![
             ("Flat".into(), vec![("", 0.0)]),
             (
-                "HNSW32".into(),
-                vec![
-                    ("efSearch", 16.0),
-                    ("efSearch", 32.0),
-                    ("efSearch", 64.0),
-                    ("efSearch", 128.0),
-                ],
+                format!("HNSW{}", args.hnsw_m),
+                args.ef_search.iter().map(|&e| ("efSearch", e as f64)).collect(),
             ),
             (
                 format!("IVF{nlist},Flat"),
