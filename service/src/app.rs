@@ -76,7 +76,11 @@ pub fn today() -> NaiveDate {
 pub fn model_id() -> String {
     let m = lobby_models::Manifest::embedded();
     match m.get("embedder") {
-        Some(s) => format!("{}@{}", s.file.trim_end_matches(".onnx"), &s.sha256[..12]),
+        Some(s) => format!(
+            "{}@{}",
+            s.file.trim_end_matches(".onnx"),
+            s.sha256.get(..12).unwrap_or(&s.sha256)
+        ),
         None => "embedder@unknown".into(),
     }
 }

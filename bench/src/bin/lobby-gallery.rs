@@ -111,7 +111,6 @@ impl RealStats {
         }
         // Noise with the shape of a - b, scaled so that a query's mean cosine to its normalised
         // source equals the real pairs' mean cosine c: |s + n|^2 = 1 + k^2 E|a - b|^2 = 1 / c^2.
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
         let c = got.iter().map(|(a, b)| dot(a, b)).sum::<f32>() / got.len() as f32;
         let d2 = got.iter().map(|(a, b)| 2.0 - 2.0 * dot(a, b)).sum::<f32>() / got.len() as f32;
         let k = ((1.0 / (c * c) - 1.0) / d2.max(1e-6)).max(0.0).sqrt();
@@ -156,6 +155,60 @@ impl RealStats {
         });
         out
     }
+
+    /// `n` templates and `queries` queries (each a noisy copy of a random template), normalised,
+    /// and a line saying how similar they came out.
+    fn data(&self, rng: &mut StdRng, n: usize, dim: usize, queries: usize) -> (Vec<f32>, Vec<f32>, String) {
+        let row = |d: &[f32], i: usize| d[i * dim..(i + 1) * dim].to_vec();
+        let mut data = RealStats::draw(&self.between, dim, &self.mean, n, 20261122 + n as u64);
+        data.chunks_mut(dim).for_each(unit);
+        let sources: Vec<f32> = (0..queries).flat_map(|_| row(&data, rng.gen_range(0..n))).collect();
+        let mut q = RealStats::draw(&self.within, dim, &sources, queries, 7 + n as u64);
+        q.chunks_mut(dim).for_each(unit);
+        let to_source: Vec<f64> = q
+            .chunks(dim)
+            .zip(sources.chunks(dim))
+            .map(|(a, b)| dot(a, b) as f64)
+            .collect();
+        // And between different stored templates (real LFW impostor pairs: mean ~0.0-0.1).
+        let between: Vec<f64> = (0..2000)
+            .map(|_| dot(&row(&data, rng.gen_range(0..n)), &row(&data, rng.gen_range(0..n))) as f64)
+            .collect();
+        let (m1, s1) = mean_sd(&to_source);
+        let (m2, s2) = mean_sd(&between);
+        let summary = format!("{m1:.3} (sd {s1:.3}), between templates {m2:.3} (sd {s2:.3})");
+        (data, q, summary)
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    (mean, (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+/// `n` random unit templates and `queries` queries, each a stored template plus noise at cosine
+/// ~0.65 to it.
+fn random_data(rng: &mut StdRng, n: usize, dim: usize, queries: usize) -> (Vec<f32>, Vec<f32>) {
+    let data = random_units(rng, n, dim);
+    let mut out = Vec::with_capacity(queries * dim);
+    for _ in 0..queries {
+        let src = rng.gen_range(0..n);
+        let mut noise: Vec<f32> = (0..dim).map(|_| gaussian(rng)).collect();
+        unit(&mut noise);
+        let mut q: Vec<f32> = data[src * dim..(src + 1) * dim]
+            .iter()
+            .zip(&noise)
+            .map(|(a, b)| 0.65 * a + 0.76 * b)
+            .collect();
+        unit(&mut q);
+        out.extend(q);
+    }
+    (data, out)
 }
 
 fn rss_mib() -> f64 {
@@ -215,62 +268,15 @@ fn main() -> Result<()> {
         None => None,
     };
     let mut rows: Vec<Row> = Vec::new();
-    let mut genuine_cos = Vec::new();
+    // Embedding-like data: how similar the drawn queries and templates came out, per N.
+    let mut similarities = Vec::new();
     for &n in &args.n {
         let mut rng = StdRng::seed_from_u64(20261122 + n as u64);
         let (data, queries) = match &stats {
-            None => {
-                let data = random_units(&mut rng, n, dim);
-                // Queries: stored templates plus noise, at cosine ~0.65 to their source.
-                let mut queries = Vec::with_capacity(args.queries * dim);
-                for _ in 0..args.queries {
-                    let src = rng.gen_range(0..n);
-                    let mut noise: Vec<f32> = (0..dim).map(|_| gaussian(&mut rng)).collect();
-                    unit(&mut noise);
-                    let mut q: Vec<f32> = data[src * dim..(src + 1) * dim]
-                        .iter()
-                        .zip(&noise)
-                        .map(|(a, b)| 0.65 * a + 0.76 * b)
-                        .collect();
-                    unit(&mut q);
-                    queries.extend(q);
-                }
-                (data, queries)
-            }
+            None => random_data(&mut rng, n, dim, args.queries),
             Some(st) => {
-                let mut data = RealStats::draw(&st.between, dim, &st.mean, n, 20261122 + n as u64);
-                data.chunks_mut(dim).for_each(unit);
-                let sources: Vec<f32> = (0..args.queries)
-                    .flat_map(|_| {
-                        let src = rng.gen_range(0..n);
-                        data[src * dim..(src + 1) * dim].to_vec()
-                    })
-                    .collect();
-                let mut queries = RealStats::draw(&st.within, dim, &sources, args.queries, 7 + n as u64);
-                queries.chunks_mut(dim).for_each(unit);
-                let cos: Vec<f64> = queries
-                    .chunks(dim)
-                    .zip(sources.chunks(dim))
-                    .map(|(q, s)| q.iter().zip(s).map(|(a, b)| a * b).sum::<f32>() as f64)
-                    .collect();
-                // And between different stored templates (real LFW impostor pairs: mean ~0.0-0.1).
-                let other: Vec<f64> = (0..2000)
-                    .map(|_| {
-                        let (a, b) = (rng.gen_range(0..n), rng.gen_range(0..n));
-                        let (a, b) = (&data[a * dim..(a + 1) * dim], &data[b * dim..(b + 1) * dim]);
-                        a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() as f64
-                    })
-                    .collect();
-                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-                let sd =
-                    |v: &[f64]| (v.iter().map(|x| (x - mean(v)).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
-                genuine_cos.push(format!(
-                    "{:.3} (sd {:.3}), between templates {:.3} (sd {:.3})",
-                    mean(&cos),
-                    sd(&cos),
-                    mean(&other),
-                    sd(&other)
-                ));
+                let (data, queries, summary) = st.data(&mut rng, n, dim, args.queries);
+                similarities.push(summary);
                 (data, queries)
             }
         };
@@ -334,19 +340,19 @@ fn main() -> Result<()> {
             drop(index);
         }
     }
+    let q = args.queries;
     let kind = match &stats {
-        None => "Synthetic {dim}-d unit templates (random: no neighbourhood structure); {q} queries (noisy copies of stored templates, cosine ~0.65)".to_string(),
+        None => format!("Synthetic {dim}-d unit templates (random: no neighbourhood structure); {q} queries (noisy copies of stored templates, cosine ~0.65)"),
         Some(st) => format!(
-            "Embedding-like {{dim}}-d templates (Gaussian with the mean and covariance of {} real templates of LFW, normalised); {{q}} queries (stored templates plus noise shaped like {} real same-person differences, scaled to their mean cosine {:.3}; measured per N: mean cosine to their source {})",
+            "Embedding-like {dim}-d templates (Gaussian with the mean and covariance of {} real templates of LFW, normalised); {q} queries (stored templates plus noise shaped like {} real same-person differences, scaled to their mean cosine {:.3}; measured per N: mean cosine to their source {})",
             st.between.len() / dim,
             st.within.len() / dim,
             st.genuine_cos,
-            genuine_cos.join(" / ")
+            similarities.join(" / ")
         ),
     };
     let mut table = format!(
-        "{}, one at a time on one thread; recall@1 against exact (Flat) search; memory = resident-set growth while building.\n\n| N | index | search parameter | build s | memory MiB | bytes/template | p50 ms | p99 ms | recall@1 |\n|---|---|---|---|---|---|---|---|---|\n",
-        kind.replace("{dim}", &dim.to_string()).replace("{q}", &args.queries.to_string())
+        "{kind}, one at a time on one thread; recall@1 against exact (Flat) search; memory = resident-set growth while building.\n\n| N | index | search parameter | build s | memory MiB | bytes/template | p50 ms | p99 ms | recall@1 |\n|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in &rows {
         table.push_str(&format!(

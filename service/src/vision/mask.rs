@@ -435,13 +435,18 @@ mod tests {
     use super::*;
     use crate::vision::geometry::Affine;
 
-    #[test]
-    fn the_mask_covers_mouth_and_nose_tip_not_the_eyes() {
+    /// A grey photo and the landmarks of a face on it (the template, scaled 2.5x and moved).
+    fn grey_photo_and_face() -> (RgbImage, [Point; 5]) {
         let img = RgbImage::from_pixel(400, 400, image::Rgb([128, 128, 128]));
         let place = Affine {
             m: [2.5, 0.0, 60.0, 0.0, 2.5, 40.0],
         };
-        let lms = ARCFACE_TEMPLATE.map(|p| place.apply(p));
+        (img, ARCFACE_TEMPLATE.map(|p| place.apply(p)))
+    }
+
+    #[test]
+    fn the_mask_covers_mouth_and_nose_tip_not_the_eyes() {
+        let (img, lms) = grey_photo_and_face();
         for spec in [
             MaskSpec::surgical_blue(),
             MaskSpec::random(&mut SplitMix::new(1)),
@@ -499,11 +504,7 @@ mod tests {
             );
         }
         // A printed mask really shows both colours.
-        let img = RgbImage::from_pixel(400, 400, image::Rgb([128, 128, 128]));
-        let place = super::super::geometry::Affine {
-            m: [2.5, 0.0, 60.0, 0.0, 2.5, 40.0],
-        };
-        let lms = ARCFACE_TEMPLATE.map(|p| place.apply(p));
+        let (img, lms) = grey_photo_and_face();
         let spec = MaskSpec {
             print: Print::Checks { period: 8.0 },
             colour: [250, 250, 250],
