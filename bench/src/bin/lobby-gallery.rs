@@ -59,6 +59,9 @@ struct Args {
     /// HNSW graph degree M (links per node).
     #[arg(long, default_value_t = 32)]
     hnsw_m: usize,
+    /// HNSW efConstruction (candidates kept while linking each added template; Faiss's default 40).
+    #[arg(long, default_value_t = 40)]
+    ef_construction: usize,
     /// HNSW efSearch values swept.
     #[arg(long, default_value = "16,32,64,128", value_delimiter = ',')]
     ef_search: Vec<usize>,
@@ -298,6 +301,13 @@ fn main() -> Result<()> {
             let before = rss_mib();
             let t = Instant::now();
             let mut index = index_factory(dim as u32, &factory, MetricType::InnerProduct)?;
+            if factory.starts_with("HNSW") {
+                faiss::index::autotune::ParameterSpace::new()?.set_index_parameter(
+                    &index,
+                    "efConstruction",
+                    args.ef_construction as f64,
+                )?;
+            }
             if !index.is_trained() {
                 let train_n = n.min(nlist * 64);
                 index.train(&data[..train_n * dim])?;
@@ -321,6 +331,8 @@ fn main() -> Result<()> {
                     index: factory.clone(),
                     param: if name.is_empty() {
                         "exact".into()
+                    } else if factory.starts_with("HNSW") {
+                        format!("efConstruction={} {name}={value}", args.ef_construction)
                     } else {
                         format!("{name}={value}")
                     },
