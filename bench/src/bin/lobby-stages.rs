@@ -41,6 +41,10 @@ struct Args {
     /// Only print each model's per-operator profile (tract) and exit.
     #[arg(long)]
     profile: bool,
+    /// Plan the models with tract's own operators only (no `fastops` rewrite), to measure what the
+    /// rewrite buys.
+    #[arg(long)]
+    tract_only: bool,
     #[command(flatten)]
     out: record::Output,
 }
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
     let mut settings = Settings::load_from(None, std::iter::empty())?;
     settings.data_dir = scratch.clone();
     settings.limits.max_concurrent_analyses = 1;
+    lobby_service::vision::set_fast_ops(!args.tract_only);
     let t0 = Instant::now();
     let vision = Arc::new(Vision::load(&paths, App::vision_config(&settings))?);
     let load_s = t0.elapsed().as_secs_f64();

@@ -5,12 +5,15 @@
 pub mod decode;
 pub mod detect;
 pub mod embed;
+mod fastops;
 pub mod geometry;
 pub mod liveness;
 pub mod mask;
 pub mod maskdet;
 pub mod quality;
 mod runtime;
+
+pub use runtime::set_fast_ops;
 
 pub use decode::DecodeLimits;
 pub use detect::{DetectorConfig, Face};

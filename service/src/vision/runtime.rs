@@ -1,7 +1,8 @@
 //! The one place that talks to tract: loading ONNX files into optimized plans and running them.
 
-use super::VisionError;
+use super::{fastops, VisionError};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -311,12 +312,31 @@ pub fn rewrite_prelu(g: &mut pb::GraphProto) -> usize {
     rewritten
 }
 
-/// Makes an optimized plan of `model` for an f32 input of `shape`.
+/// Whether plans swap tract's depthwise convolutions and 2x2 max-pools for [`fastops`]' (on unless a
+/// benchmark turns it off to measure tract alone).
+static FAST_OPS: AtomicBool = AtomicBool::new(true);
+
+/// Turns the [`fastops`] rewrite on or off for plans made from now on (for A/B benchmarks).
+pub fn set_fast_ops(on: bool) {
+    FAST_OPS.store(on, Ordering::Relaxed);
+}
+
+/// Makes an optimized plan of `model` for an f32 input of `shape`: decluttered by tract, the
+/// [`fastops`] rewrite applied, then optimized and planned by tract.
 pub fn plan(model: &InferenceModel, shape: &[usize], what: &Path) -> Result<Plan, VisionError> {
-    model
+    let typed = model
         .clone()
         .with_input_fact(0, f32::fact(shape).into())
-        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_typed())
+        .and_then(|m| m.into_decluttered())
+        .map_err(|e| load_err(what, e))?;
+    let typed = if FAST_OPS.load(Ordering::Relaxed) {
+        fastops::rewrite(typed).map_err(|e| load_err(what, e))?.0
+    } else {
+        typed
+    };
+    typed
+        .into_optimized()
         .and_then(|m| m.into_runnable())
         .map_err(|e| load_err(what, e))
 }

@@ -1,0 +1,1173 @@
+//! Load-time replacements for the tract operators our models spend the most time in that tract
+//! runs slowly: 3x3 depthwise convolutions (with the ReLU that follows them fused in) and 2x2/stride-2
+//! max-pools, both on one NCHW f32 image. The models are still parsed, planned and run by tract; after
+//! decluttering, each matching `Conv` / `MaxPool` node is swapped for one of the ops below, which
+//! tract then schedules like any other. Anything that does not match exactly (another kernel size,
+//! dilation, padding wider than 1, a batch of more than one, quantised types) keeps tract's own op.
+//!
+//! The arithmetic is the same as tract's (the same products summed per output, bias first); only the
+//! order of the three taps of a row may differ, so outputs agree to float rounding (tests below).
+
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// f32 values compared by bits, so an op holding weights can be `Eq` (tract's graph needs it).
+#[derive(Debug, Clone)]
+pub struct Values(Arc<Vec<f32>>);
+
+impl PartialEq for Values {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.len() == other.0.len()
+                && self
+                    .0
+                    .iter()
+                    .zip(other.0.iter())
+                    .all(|(a, b)| a.to_bits() == b.to_bits()))
+    }
+}
+impl Eq for Values {}
+
+/// What follows a convolution, fused into it: nothing, a ReLU, or a per-channel PRelu in either of
+/// the two spellings our models' graphs use: `Add(Max(x, p), Mul(Min(x, q), a))` (PRelu spelled out
+/// with `p = q = 0`; in our distilled embedder `q` was trained too and is ~0.004) and `Max(x, Mul(x,
+/// a))` (the load-time rewrite of PRelu where every `a <= 1`). Each is computed with the operations
+/// tract runs, in the same order, so the values are the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act {
+    Linear,
+    Relu,
+    SplitPrelu { pos: Values, neg: Values, slope: Values },
+    MaxMul(Values),
+}
+
+impl Act {
+    /// Applies the activation to one row of output channel `ch`.
+    #[inline(always)]
+    fn row(&self, ch: usize, row: &mut [f32]) {
+        match self {
+            Act::Linear => {}
+            Act::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::SplitPrelu { pos, neg, slope } => {
+                let (p, q, a) = (pos.0[ch], neg.0[ch], slope.0[ch]);
+                row.iter_mut().for_each(|v| *v = v.max(p) + v.min(q) * a);
+            }
+            Act::MaxMul(a) => {
+                let a = a.0[ch];
+                row.iter_mut().for_each(|v| *v = v.max(*v * a));
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Act::Linear => "linear",
+            Act::Relu => "relu",
+            Act::SplitPrelu { .. } => "prelu",
+            Act::MaxMul(_) => "max-mul",
+        }
+    }
+}
+
+/// The image geometry both ops accept: `[1, C, H, W]` or `[C, H, W]`, returning (C, H, W).
+fn chw(shape: &[usize]) -> Option<(usize, usize, usize)> {
+    match *shape {
+        [1, c, h, w] | [c, h, w] => Some((c, h, w)),
+        _ => None,
+    }
+}
+
+fn out_shape(with_n: bool, c: usize, h: usize, w: usize) -> TVec<usize> {
+    if with_n {
+        tvec![1, c, h, w]
+    } else {
+        tvec![c, h, w]
+    }
+}
+
+fn concrete(fact: &TypedFact) -> Option<Vec<usize>> {
+    fact.shape.as_concrete().map(|s| s.to_vec())
+}
+
+/// A 3x3 depthwise convolution (one filter per channel), stride 1 or 2, zero padding of 0 or 1 on
+/// each side, bias, and optionally the ReLU that follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Depthwise3x3 {
+    channels: usize,
+    stride: usize,
+    /// top, left, bottom, right
+    pad: [usize; 4],
+    weights: Values,
+    bias: Values,
+    act: Act,
+    /// Whether the output is `[1, C, H, W]` rather than `[C, H, W]` (what the replaced nodes gave).
+    with_n: bool,
+}
+
+impl Depthwise3x3 {
+    fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let (hp, wp) = (h + self.pad[0] + self.pad[2], w + self.pad[1] + self.pad[3]);
+        (hp >= 3 && wp >= 3).then(|| ((hp - 3) / self.stride + 1, (wp - 3) / self.stride + 1))
+    }
+}
+
+impl Op for Depthwise3x3 {
+    fn name(&self) -> StaticName {
+        "LobbyDepthwise3x3".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "c={} stride={} pad={:?} {}",
+            self.channels,
+            self.stride,
+            self.pad,
+            self.act.name()
+        )])
+    }
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for Depthwise3x3 {
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+    }
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let Some((c, h, w)) = chw(input.shape()) else {
+            bail!("LobbyDepthwise3x3: unexpected input {:?}", input.shape())
+        };
+        ensure!(
+            c == self.channels,
+            "LobbyDepthwise3x3: {c} channels, expected {}",
+            self.channels
+        );
+        let Some((ho, wo)) = self.out_hw(h, w) else {
+            bail!("LobbyDepthwise3x3: input {h}x{w} too small")
+        };
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut out = vec![0f32; c * ho * wo];
+        let g = Geometry {
+            h,
+            w,
+            ho,
+            wo,
+            stride: self.stride,
+            top: self.pad[0],
+            left: self.pad[1],
+        };
+        depthwise(x, &mut out, &g, &self.weights.0, &self.bias.0, &self.act);
+        let t = tract_ndarray::ArrayD::from_shape_vec(&*out_shape(self.with_n, c, ho, wo), out)?.into_tensor();
+        Ok(tvec![t.into_tvalue()])
+    }
+}
+
+impl TypedOp for Depthwise3x3 {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let Some(shape) = concrete(inputs[0]) else {
+            bail!("LobbyDepthwise3x3 needs a concrete shape")
+        };
+        let Some((c, h, w)) = chw(&shape) else {
+            bail!("LobbyDepthwise3x3: unexpected input {shape:?}")
+        };
+        let Some((ho, wo)) = self.out_hw(h, w) else {
+            bail!("LobbyDepthwise3x3: input {h}x{w} too small")
+        };
+        Ok(tvec![f32::fact(out_shape(self.with_n, c, ho, wo))])
+    }
+}
+
+/// A 2x2 max-pool with stride 2 and no padding (floor mode), per channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaxPool2x2;
+
+impl Op for MaxPool2x2 {
+    fn name(&self) -> StaticName {
+        "LobbyMaxPool2x2".into()
+    }
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for MaxPool2x2 {
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+    }
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let Some((c, h, w)) = chw(input.shape()) else {
+            bail!("LobbyMaxPool2x2: unexpected input {:?}", input.shape())
+        };
+        let (ho, wo) = (h / 2, w / 2);
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut out = vec![0f32; c * ho * wo];
+        maxpool(x, &mut out, c, h, w);
+        let t = tract_ndarray::ArrayD::from_shape_vec(&*out_shape(input.rank() == 4, c, ho, wo), out)?.into_tensor();
+        Ok(tvec![t.into_tvalue()])
+    }
+}
+
+impl TypedOp for MaxPool2x2 {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let Some(shape) = concrete(inputs[0]) else {
+            bail!("LobbyMaxPool2x2 needs a concrete shape")
+        };
+        let Some((c, h, w)) = chw(&shape) else {
+            bail!("LobbyMaxPool2x2: unexpected input {shape:?}")
+        };
+        Ok(tvec![f32::fact(out_shape(shape.len() == 4, c, h / 2, w / 2))])
+    }
+}
+
+/// A 1x1 convolution (a matrix product over channels at every pixel), stride 1, no padding, with
+/// bias and optionally the ReLU that follows it. Only planned where the CPU has AVX-512 (its kernel
+/// keeps an 8-channel x 32-pixel block of outputs in registers, with no packing pass); elsewhere
+/// tract's own convolution stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conv1x1 {
+    cin: usize,
+    cout: usize,
+    /// The weights in blocks of 8 output channels: `[cout.div_ceil(8)][cin][8]`, zero-padded.
+    packed: Values,
+    bias: Values,
+    act: Act,
+    /// Whether the output is `[1, C, H, W]` rather than `[C, H, W]` (tract's declutter moves the batch
+    /// axis of a batch of one in and out of its einsums).
+    with_n: bool,
+}
+
+const CO_BLOCK: usize = 8;
+
+impl Conv1x1 {
+    fn new(cin: usize, cout: usize, weights: &[f32], bias: Vec<f32>) -> Conv1x1 {
+        let blocks = cout.div_ceil(CO_BLOCK);
+        let mut packed = vec![0f32; blocks * cin * CO_BLOCK];
+        for co in 0..cout {
+            for ci in 0..cin {
+                packed[((co / CO_BLOCK) * cin + ci) * CO_BLOCK + co % CO_BLOCK] = weights[co * cin + ci];
+            }
+        }
+        Conv1x1 {
+            cin,
+            cout,
+            packed: Values(Arc::new(packed)),
+            bias: Values(Arc::new(bias)),
+            act: Act::Linear,
+            with_n: true,
+        }
+    }
+}
+
+impl Op for Conv1x1 {
+    fn name(&self) -> StaticName {
+        "LobbyConv1x1".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{} -> {} {}", self.cin, self.cout, self.act.name())])
+    }
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for Conv1x1 {
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+    }
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let Some((c, h, w)) = chw(input.shape()) else {
+            bail!("LobbyConv1x1: unexpected input {:?}", input.shape())
+        };
+        ensure!(c == self.cin, "LobbyConv1x1: {c} channels, expected {}", self.cin);
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut out = vec![0f32; self.cout * h * w];
+        conv1x1(x, &mut out, self, h * w);
+        let t = tract_ndarray::ArrayD::from_shape_vec(&*out_shape(self.with_n, self.cout, h, w), out)?.into_tensor();
+        Ok(tvec![t.into_tvalue()])
+    }
+}
+
+impl TypedOp for Conv1x1 {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let Some(shape) = concrete(inputs[0]) else {
+            bail!("LobbyConv1x1 needs a concrete shape")
+        };
+        let Some((_, h, w)) = chw(&shape) else {
+            bail!("LobbyConv1x1: unexpected input {shape:?}")
+        };
+        Ok(tvec![f32::fact(out_shape(self.with_n, self.cout, h, w))])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels. Each is written once, generic over `FMA`, and compiled twice on x86-64: with AVX2+FMA
+// (picked at run time when the CPU has them) and for the baseline target.
+
+struct Geometry {
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    stride: usize,
+    top: usize,
+    left: usize,
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `out[i] = b + sum of k[t] * taps[t][i]` over the nine taps (each a row slice of `out.len()`).
+#[inline(always)]
+fn nine_taps<const FMA: bool>(out: &mut [f32], taps: [&[f32]; 9], k: &[f32], b: f32) {
+    let n = out.len();
+    let [t0, t1, t2, t3, t4, t5, t6, t7, t8] = taps.map(|t| &t[..n]);
+    for i in 0..n {
+        let mut acc = madd::<FMA>(k[0], t0[i], b);
+        acc = madd::<FMA>(k[1], t1[i], acc);
+        acc = madd::<FMA>(k[2], t2[i], acc);
+        acc = madd::<FMA>(k[3], t3[i], acc);
+        acc = madd::<FMA>(k[4], t4[i], acc);
+        acc = madd::<FMA>(k[5], t5[i], acc);
+        acc = madd::<FMA>(k[6], t6[i], acc);
+        acc = madd::<FMA>(k[7], t7[i], acc);
+        out[i] = madd::<FMA>(k[8], t8[i], acc);
+    }
+}
+
+/// Each channel is copied once into a zero-bordered plane (`scratch`), so every output sees nine
+/// in-bounds taps; with stride 2 the plane is also split into its even and odd columns, so the taps
+/// of a row are contiguous there too.
+#[inline(always)]
+fn depthwise_impl<const FMA: bool>(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
+    let (hp, wp) = ((g.ho - 1) * g.stride + 3, (g.wo - 1) * g.stride + 3);
+    // Stride 1: one plane of `wp` columns. Stride 2: even columns (`we`) then odd columns (`wod`).
+    let (we, wod) = (wp.div_ceil(2), wp / 2);
+    let mut plane = vec![0f32; hp * wp];
+    let mut split = if g.stride == 2 {
+        vec![0f32; hp * (we + wod)]
+    } else {
+        Vec::new()
+    };
+    for (ch, (xp, op)) in x
+        .chunks_exact(g.h * g.w)
+        .zip(out.chunks_exact_mut(g.ho * g.wo))
+        .enumerate()
+    {
+        for (py, prow) in plane.chunks_exact_mut(wp).enumerate() {
+            prow.fill(0.0);
+            let Some(iy) = (py as isize - g.top as isize)
+                .try_into()
+                .ok()
+                .filter(|iy: &usize| *iy < g.h)
+            else {
+                continue;
+            };
+            let src = &xp[iy * g.w..(iy + 1) * g.w];
+            let n = g.w.min(wp.saturating_sub(g.left));
+            prow[g.left..g.left + n].copy_from_slice(&src[..n]);
+        }
+        if g.stride == 2 {
+            for (prow, srow) in plane.chunks_exact(wp).zip(split.chunks_exact_mut(we + wod)) {
+                let (even, odd) = srow.split_at_mut(we);
+                for (j, pair) in prow.chunks(2).enumerate() {
+                    even[j] = pair[0];
+                    if let Some(v) = pair.get(1) {
+                        odd[j] = *v;
+                    }
+                }
+            }
+        }
+        let k = &weights[ch * 9..ch * 9 + 9];
+        let b = bias.get(ch).copied().unwrap_or(0.0);
+        for (oy, orow) in op.chunks_exact_mut(g.wo).enumerate() {
+            let y = oy * g.stride;
+            let taps = |dy: usize| -> [&[f32]; 3] {
+                if g.stride == 1 {
+                    let r = &plane[(y + dy) * wp..(y + dy + 1) * wp];
+                    [r, &r[1..], &r[2..]]
+                } else {
+                    let (even, odd) = split[(y + dy) * (we + wod)..(y + dy + 1) * (we + wod)].split_at(we);
+                    [even, odd, &even[1..]]
+                }
+            };
+            let ([t0, t1, t2], [t3, t4, t5], [t6, t7, t8]) = (taps(0), taps(1), taps(2));
+            nine_taps::<FMA>(orow, [t0, t1, t2, t3, t4, t5, t6, t7, t8], k, b);
+            act.row(ch, orow);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_avx2(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
+    depthwise_impl::<true>(x, out, g, weights, bias, act)
+}
+
+fn depthwise(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for (checked just above).
+        return unsafe { depthwise_avx2(x, out, g, weights, bias, act) };
+    }
+    depthwise_impl::<false>(x, out, g, weights, bias, act)
+}
+
+#[inline(always)]
+fn maxpool_impl(x: &[f32], out: &mut [f32], c: usize, h: usize, w: usize) {
+    let (ho, wo) = (h / 2, w / 2);
+    if ho == 0 || wo == 0 {
+        return;
+    }
+    let mut pair = vec![0f32; 2 * wo];
+    for (xp, op) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(ho * wo)).take(c) {
+        for (oy, orow) in op.chunks_exact_mut(wo).enumerate() {
+            let r0 = &xp[2 * oy * w..2 * oy * w + 2 * wo];
+            let r1 = &xp[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * wo];
+            for ((p, a), b) in pair.iter_mut().zip(r0).zip(r1) {
+                *p = if a < b { *b } else { *a };
+            }
+            for (o, q) in orow.iter_mut().zip(pair.chunks_exact(2)) {
+                *o = if q[0] < q[1] { q[1] } else { q[0] };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn maxpool_avx2(x: &[f32], out: &mut [f32], c: usize, h: usize, w: usize) {
+    maxpool_impl(x, out, c, h, w)
+}
+
+fn maxpool(x: &[f32], out: &mut [f32], c: usize, h: usize, w: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { maxpool_avx2(x, out, c, h, w) };
+    }
+    maxpool_impl(x, out, c, h, w)
+}
+
+/// Pixels per block of the 1x1 kernel's outer loop: the block of every input channel stays in cache
+/// while all the output channels are computed from it.
+const PX_CHUNK: usize = 512;
+
+/// The portable 1x1 convolution (used only if a plan made on an AVX-512 machine runs without it).
+fn conv1x1_generic(x: &[f32], out: &mut [f32], op: &Conv1x1, p: usize) {
+    for co in 0..op.cout {
+        let orow = &mut out[co * p..(co + 1) * p];
+        orow.fill(op.bias.0[co]);
+        for ci in 0..op.cin {
+            let wv = op.packed.0[((co / CO_BLOCK) * op.cin + ci) * CO_BLOCK + co % CO_BLOCK];
+            for (o, v) in orow.iter_mut().zip(&x[ci * p..(ci + 1) * p]) {
+                *o += wv * v;
+            }
+        }
+        op.act.row(co, orow);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Act, Conv1x1, CO_BLOCK, PX_CHUNK};
+    use std::arch::x86_64::*;
+
+    /// Lanes `0..n` of a 16-lane mask (all when `n >= 16`).
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// Output channels `co0..co0 + NCO` at pixels `p0..p0 + np` (np <= 32): 2 x NCO accumulators.
+    #[inline(always)]
+    unsafe fn block<const NCO: usize>(
+        x: *const f32,
+        out: *mut f32,
+        w: *const f32,
+        bias: &[f32],
+        cin: usize,
+        p: usize,
+        co0: usize,
+        p0: usize,
+        np: usize,
+        act: &Act,
+    ) {
+        let (m0, m1) = (lanes(np), lanes(np.saturating_sub(16)));
+        let mut acc = [[_mm512_setzero_ps(); 2]; NCO];
+        for (j, a) in acc.iter_mut().enumerate() {
+            let b = _mm512_set1_ps(bias[co0 + j]);
+            *a = [b, b];
+        }
+        for ci in 0..cin {
+            let xp = x.add(ci * p + p0);
+            let x0 = _mm512_maskz_loadu_ps(m0, xp);
+            let x1 = _mm512_maskz_loadu_ps(m1, xp.add(16));
+            let wp = w.add(ci * CO_BLOCK);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*wp.add(j));
+                a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
+                a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
+            }
+        }
+        let zero = _mm512_setzero_ps();
+        for (j, a) in acc.iter().enumerate() {
+            let (mut y0, mut y1) = (a[0], a[1]);
+            match act {
+                Act::Linear => {}
+                Act::Relu => {
+                    y0 = _mm512_max_ps(y0, zero);
+                    y1 = _mm512_max_ps(y1, zero);
+                }
+                Act::SplitPrelu { pos, neg, slope } => {
+                    let (pv, nv) = (_mm512_set1_ps(pos.0[co0 + j]), _mm512_set1_ps(neg.0[co0 + j]));
+                    let sv = _mm512_set1_ps(slope.0[co0 + j]);
+                    y0 = _mm512_add_ps(_mm512_max_ps(y0, pv), _mm512_mul_ps(_mm512_min_ps(y0, nv), sv));
+                    y1 = _mm512_add_ps(_mm512_max_ps(y1, pv), _mm512_mul_ps(_mm512_min_ps(y1, nv), sv));
+                }
+                Act::MaxMul(s) => {
+                    let sv = _mm512_set1_ps(s.0[co0 + j]);
+                    y0 = _mm512_max_ps(y0, _mm512_mul_ps(y0, sv));
+                    y1 = _mm512_max_ps(y1, _mm512_mul_ps(y1, sv));
+                }
+            }
+            let op = out.add((co0 + j) * p + p0);
+            _mm512_mask_storeu_ps(op, m0, y0);
+            _mm512_mask_storeu_ps(op.add(16), m1, y1);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `x` holds `op.cin * p` values and `out` `op.cout * p`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn conv1x1(x: &[f32], out: &mut [f32], op: &Conv1x1, p: usize) {
+        let (xp, outp, w, bias) = (x.as_ptr(), out.as_mut_ptr(), op.packed.0.as_ptr(), &op.bias.0[..]);
+        let cin = op.cin;
+        let mut c0 = 0;
+        while c0 < p {
+            let chunk = (p - c0).min(PX_CHUNK);
+            for b in 0..op.cout.div_ceil(CO_BLOCK) {
+                let co0 = b * CO_BLOCK;
+                let nco = (op.cout - co0).min(CO_BLOCK);
+                let wb = w.add(b * cin * CO_BLOCK);
+                let mut p0 = c0;
+                while p0 < c0 + chunk {
+                    let np = (c0 + chunk - p0).min(32);
+                    match nco {
+                        8 => block::<8>(xp, outp, wb, bias, cin, p, co0, p0, np, &op.act),
+                        7 => block::<7>(xp, outp, wb, bias, cin, p, co0, p0, np, &op.act),
+                        6 => block::<6>(xp, outp, wb, bias, cin, p, co0, p0, np, &op.act),
+                        5 => block::<5>(xp, outp, wb, bias, cin, p, co0, p0, np, &op.act),
+                        4 => block::<4>(xp, outp, wb, bias, cin, p, co0, p0, np, &op.act),
+                        3 => block::<3>(xp, outp, wb, bias, cin, p, co0, p0, np, &op.act),
+                        2 => block::<2>(xp, outp, wb, bias, cin, p, co0, p0, np, &op.act),
+                        _ => block::<1>(xp, outp, wb, bias, cin, p, co0, p0, np, &op.act),
+                    }
+                    p0 += 32;
+                }
+            }
+            c0 += chunk;
+        }
+    }
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx512f");
+    #[allow(unreachable_code)]
+    false
+}
+
+fn conv1x1(x: &[f32], out: &mut [f32], op: &Conv1x1, p: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F (checked just above); the sizes are the op's (checked by eval).
+        return unsafe { avx512::conv1x1(x, out, op, p) };
+    }
+    conv1x1_generic(x, out, op, p)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rewrite.
+
+/// Zero padding of at most 1 on each side, as (top, left, bottom, right).
+fn small_padding(p: &PaddingSpec) -> Option<[usize; 4]> {
+    let (b, a) = match p {
+        PaddingSpec::Valid => return Some([0; 4]),
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, false) => (b, a),
+        _ => return None,
+    };
+    (b.len() == 2 && a.len() == 2 && b.iter().chain(a.iter()).all(|v| *v <= 1)).then(|| [b[0], b[1], a[0], a[1]])
+}
+
+fn plain_2d(spec: &PoolSpec) -> bool {
+    matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW) && spec.dilations().iter().all(|d| *d == 1)
+}
+
+fn const_f32(model: &TypedModel, outlet: OutletId) -> Option<Vec<f32>> {
+    let k = model.outlet_fact(outlet).ok()?.konst.clone()?;
+    (k.datum_type() == f32::datum_type())
+        .then(|| k.try_as_plain_ram().ok()?.as_slice::<f32>().ok().map(<[f32]>::to_vec))?
+}
+
+/// `next` as `op(x, k)` (either operand order) for a binary operator named `op` and a constant `k`
+/// (`x` read on `slot`): `k`'s values, spread to `c` when `k` is a scalar. Per-channel constants are
+/// `[1, c, 1, 1]` or `[c, 1, 1]`.
+fn with_const(model: &TypedModel, next: &TypedNode, slot: usize, op: &str, c: usize) -> Option<Vec<f32>> {
+    let bin = next.op_as::<TypedBinOp>()?;
+    if bin.0.name() != op || next.inputs.len() != 2 || bin.1.is_some() {
+        return None;
+    }
+    let k = model.outlet_fact(next.inputs[1 - slot]).ok()?.konst.clone()?;
+    let shape = k.shape();
+    let per_channel = matches!(shape, [1, n, 1, 1] | [n, 1, 1] if *n == c);
+    if k.datum_type() != f32::datum_type() || !(per_channel || (k.len() == 1 && shape.len() <= 4)) {
+        return None;
+    }
+    let v = k.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec();
+    Some(if per_channel { v } else { vec![v[0]; c] })
+}
+
+fn is_zero(v: &[f32]) -> bool {
+    v.iter().all(|x| *x == 0.0)
+}
+
+/// The activation that reads `node`'s output (of `c` channels) and nothing else does, if any, with
+/// the last node it spans: a ReLU (`Max(x, 0)`), a spelled-out PRelu (`Add(Max(x, p), Mul(Min(x, q),
+/// a))`) or `Max(x, Mul(x, a))` (see [`Act`]).
+fn activation_after(model: &TypedModel, node: &TypedNode, c: usize) -> (Act, usize) {
+    let linear = (Act::Linear, node.id);
+    let Some(out) = node.outputs.first() else { return linear };
+    if model
+        .output_outlets()
+        .is_ok_and(|o| o.contains(&OutletId::new(node.id, 0)))
+    {
+        return linear;
+    }
+    let succ: Vec<(usize, usize)> = out.successors.iter().map(|s| (s.node, s.slot)).collect();
+    let node_of = |id: usize| model.node(id);
+    let zero_const =
+        |id: usize, slot: usize, op: &str| with_const(model, node_of(id), slot, op, c).is_some_and(|k| is_zero(&k));
+    let is_bin = |id: usize, op: &str| node_of(id).op_as::<TypedBinOp>().is_some_and(|o| o.0.name() == op);
+    match succ[..] {
+        [(m, slot)] if zero_const(m, slot, "Max") => (Act::Relu, m),
+        [(p, ps), (q, qs)] => {
+            for ((a, aslot), (b, bslot)) in [((p, ps), (q, qs)), ((q, qs), (p, ps))] {
+                // Add(Max(x, p), Mul(Min(x, q), a))
+                let (pos, neg) = (
+                    with_const(model, node_of(a), aslot, "Max", c),
+                    with_const(model, node_of(b), bslot, "Min", c),
+                );
+                if let (Some(pos), Some(neg)) = (pos, neg) {
+                    let (Some((mul, mslot)), Some((add, _))) =
+                        (sole_successor(model, node_of(b)), sole_successor(model, node_of(a)))
+                    else {
+                        continue;
+                    };
+                    let Some(slope) = with_const(model, node_of(mul), mslot, "Mul", c) else {
+                        continue;
+                    };
+                    let joins = sole_successor(model, node_of(mul)).is_some_and(|(n, _)| n == add);
+                    if joins && is_bin(add, "Add") && rank4(model, add) == rank4(model, node.id) {
+                        let (pos, neg, slope) = (Values(Arc::new(pos)), Values(Arc::new(neg)), Values(Arc::new(slope)));
+                        return (Act::SplitPrelu { pos, neg, slope }, add);
+                    }
+                }
+                // Max(x, Mul(x, a))
+                if let Some(slope) = with_const(model, node_of(a), aslot, "Mul", c) {
+                    let joins = sole_successor(model, node_of(a)).is_some_and(|(n, _)| n == b);
+                    if joins && is_bin(b, "Max") && node_of(b).inputs.len() == 2 {
+                        return (Act::MaxMul(Values(Arc::new(slope))), b);
+                    }
+                }
+            }
+            linear
+        }
+        _ => linear,
+    }
+}
+
+fn depthwise_op(model: &TypedModel, node: &TypedNode) -> Option<Depthwise3x3> {
+    let conv = node.op_as::<Conv>()?;
+    let spec = &conv.pool_spec;
+    let fact = model.outlet_fact(node.inputs[0]).ok()?;
+    let shape = concrete(fact)?;
+    let (c, _, _) = chw(&shape)?;
+    let stride = spec.strides();
+    let ok = conv.q_params.is_none()
+        && fact.datum_type == f32::datum_type()
+        && plain_2d(spec)
+        && conv.group == c
+        && spec.input_channels == c
+        && spec.output_channels == c
+        && spec.kernel_shape[..] == [3, 3]
+        && stride.len() == 2
+        && stride[0] == stride[1]
+        && (stride[0] == 1 || stride[0] == 2)
+        && node.inputs.len() == 3;
+    if !ok {
+        return None;
+    }
+    let pad = small_padding(&spec.padding)?;
+    let kernel = model.outlet_fact(node.inputs[1]).ok()?;
+    let weights = const_f32(model, node.inputs[1])?;
+    // OIHW with one input channel per group and HWIO/OHWI are all [c, 1, 3, 3] in memory only for OIHW.
+    if conv.kernel_fmt != KernelFormat::OIHW || concrete(kernel)?[..] != [c, 1, 3, 3] {
+        return None;
+    }
+    let bias = const_f32(model, node.inputs[2])?;
+    if !(bias.len() == c || bias.len() == 1) {
+        return None;
+    }
+    let bias = if bias.len() == 1 { vec![bias[0]; c] } else { bias };
+    Some(Depthwise3x3 {
+        channels: c,
+        stride: stride[0],
+        pad,
+        weights: Values(Arc::new(weights)),
+        bias: Values(Arc::new(bias)),
+        act: Act::Linear,
+        with_n: true,
+    })
+}
+
+/// The sole reader of `node`'s output, with the input slot it reads, unless that output is also a
+/// model output.
+fn sole_successor(model: &TypedModel, node: &TypedNode) -> Option<(usize, usize)> {
+    let [only] = node.outputs.first()?.successors.as_slice() else {
+        return None;
+    };
+    let visible = model.output_outlets().ok()?.contains(&OutletId::new(node.id, 0));
+    (!visible).then_some((only.node, only.slot))
+}
+
+/// `next` as `x * s` or `x + s` for a constant `s` (see [`with_const`]): the operator and `s`.
+fn per_channel(model: &TypedModel, next: &TypedNode, slot: usize, c: usize) -> Option<(&'static str, Vec<f32>)> {
+    ["Mul", "Add"]
+        .into_iter()
+        .find_map(|op| Some((op, with_const(model, next, slot, op, c)?)))
+}
+
+/// A 1x1 convolution as tract declutters it — `EinSum` `NIHW,OI->NOHW` (or `IHW,OI->OHW`) with a
+/// constant `[O, I]` kernel — with the per-channel `Mul` / `Add` nodes after it (its bias, a folded
+/// batch norm) folded into its weights and bias. Returns the op and the last node it replaces.
+fn conv1x1_op(model: &TypedModel, node: &TypedNode) -> Option<(Conv1x1, usize)> {
+    let es = node.op_as::<EinSum>()?;
+    let axes = es.axes.to_string();
+    let layouts = ["NIHW,OI->NOHW", "IHW,OI->NOHW", "NIHW,OI->OHW", "IHW,OI->OHW"];
+    if !layouts.contains(&axes.as_str()) || es.q_params.is_some() || node.inputs.len() != 2 {
+        return None;
+    }
+    let fact = model.outlet_fact(node.inputs[0]).ok()?;
+    let (cin, _, _) = chw(&concrete(fact)?)?;
+    let kshape = concrete(model.outlet_fact(node.inputs[1]).ok()?)?;
+    let [cout, kin] = kshape[..] else { return None };
+    if fact.datum_type != f32::datum_type() || kin != cin {
+        return None;
+    }
+    let mut weights = const_f32(model, node.inputs[1])?;
+    let mut bias = vec![0f32; cout];
+    let mut last = node.id;
+    while let Some((next, slot)) = sole_successor(model, model.node(last)) {
+        let Some((op, v)) = per_channel(model, model.node(next), slot, cout) else {
+            break;
+        };
+        if op == "Mul" {
+            for co in 0..cout {
+                weights[co * cin..(co + 1) * cin].iter_mut().for_each(|w| *w *= v[co]);
+                bias[co] *= v[co];
+            }
+        } else {
+            bias.iter_mut().zip(&v).for_each(|(b, x)| *b += x);
+        }
+        last = next;
+    }
+    Some((Conv1x1::new(cin, cout, &weights, bias), last))
+}
+
+fn is_maxpool_2x2(model: &TypedModel, node: &TypedNode) -> bool {
+    let Some(mp) = node.op_as::<MaxPool>() else {
+        return false;
+    };
+    let spec = &mp.pool_spec;
+    let fact = model.outlet_fact(node.inputs[0]).ok();
+    mp.with_index_outputs.is_none()
+        && plain_2d(spec)
+        && spec.kernel_shape[..] == [2, 2]
+        && spec.strides()[..] == [2, 2]
+        && small_padding(&spec.padding) == Some([0; 4])
+        && fact.is_some_and(|f| f.datum_type == f32::datum_type() && concrete(f).and_then(|s| chw(&s)).is_some())
+}
+
+/// Wires `op` on `input` in place of the node `last` (the node matched, or the last one fused into
+/// it), provided the op gives exactly the shape `last` gave; returns whether it did.
+fn swap<O: Into<Box<dyn TypedOp>>>(
+    model: &mut TypedModel,
+    input: OutletId,
+    last: usize,
+    name: &str,
+    op: O,
+) -> TractResult<bool> {
+    let want = model.outlet_fact(OutletId::new(last, 0))?.clone();
+    let mut patch = TypedModelPatch::new(format!("lobby-{name}"));
+    let x = patch.tap_model(model, input)?;
+    let y = patch.wire_node(name, op, &[x])?[0];
+    let got = patch.outlet_fact(y)?;
+    if got.shape != want.shape || got.datum_type != want.datum_type {
+        return Ok(false);
+    }
+    patch.shunt_outside(model, OutletId::new(last, 0), y)?;
+    patch.apply(model)?;
+    Ok(true)
+}
+
+/// The rank of `node`'s output is 4 (`[1, C, H, W]`), not 3.
+fn rank4(model: &TypedModel, node: usize) -> bool {
+    model.outlet_fact(OutletId::new(node, 0)).is_ok_and(|f| f.rank() == 4)
+}
+
+/// Swaps every matching depthwise convolution, 1x1 convolution (each with a following ReLU fused)
+/// and 2x2 max-pool of a decluttered model for the ops above. Returns the rewritten model and how
+/// many nodes were swapped.
+pub fn rewrite(mut model: TypedModel) -> TractResult<(TypedModel, usize)> {
+    let mut swapped = 0;
+    let conv1x1_too = has_avx512();
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(&input) = node.inputs.first() else { continue };
+        let name = node.name.clone();
+        let done = if let Some(mut op) = depthwise_op(&model, node) {
+            let (act, last) = activation_after(&model, node, op.channels);
+            op.act = act;
+            op.with_n = rank4(&model, last);
+            swap(&mut model, input, last, &name, op)?
+        } else if let Some((mut op, end)) = conv1x1_op(&model, node).filter(|_| conv1x1_too) {
+            let (act, last) = activation_after(&model, model.node(end), op.cout);
+            op.act = act;
+            op.with_n = rank4(&model, last);
+            swap(&mut model, input, last, &name, op)?
+        } else if is_maxpool_2x2(&model, node) {
+            swap(&mut model, input, id, &name, MaxPool2x2)?
+        } else {
+            false
+        };
+        swapped += usize::from(done);
+    }
+    Ok((model.into_compact()?, swapped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// A model: input -> depthwise conv (given stride, padding) -> [ReLU] -> max-pool 2x2 -> output,
+    /// built with tract's own ops, planned once as tract plans it and once with the rewrite.
+    fn both_ways(
+        c: usize,
+        h: usize,
+        w: usize,
+        stride: usize,
+        pad: [usize; 4],
+        relu: bool,
+        pool: bool,
+    ) -> (Vec<f32>, Vec<f32>, usize, usize) {
+        let act = if relu { TAct::Relu } else { TAct::Linear };
+        both_ways_conv(Kind::Depthwise, c, c, h, w, stride, pad, act, pool)
+    }
+
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Depthwise,
+        Pointwise,
+    }
+
+    /// The activation after the convolution, spelled as in our models' graphs.
+    #[derive(Clone, Copy, Debug)]
+    enum TAct {
+        Linear,
+        Relu,
+        /// `Add(Max(x, 0), Mul(Min(x, 0.004), a))`
+        SplitPrelu,
+        /// `Max(x, Mul(x, a))`
+        MaxMul,
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn both_ways_conv(
+        kind: Kind,
+        c: usize,
+        cout: usize,
+        h: usize,
+        w: usize,
+        stride: usize,
+        pad: [usize; 4],
+        act: TAct,
+        pool: bool,
+    ) -> (Vec<f32>, Vec<f32>, usize, usize) {
+        use tract_onnx::tract_core::ops::cnn::PoolSpec;
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, c, h, w])).unwrap();
+        let (kshape, group, ksize) = match kind {
+            Kind::Depthwise => (vec![c, 1, 3, 3], c, 3),
+            Kind::Pointwise => (vec![cout, c, 1, 1], 1, 1),
+        };
+        let kn = kshape.iter().product();
+        let k = m
+            .add_const(
+                "k",
+                tract_ndarray::ArrayD::from_shape_vec(kshape, values(kn, 1))
+                    .unwrap()
+                    .into_tensor(),
+            )
+            .unwrap();
+        let b = m
+            .add_const(
+                "b",
+                tract_ndarray::ArrayD::from_shape_vec(vec![cout], values(cout, 2))
+                    .unwrap()
+                    .into_tensor(),
+            )
+            .unwrap();
+        let spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec![ksize, ksize],
+            padding: PaddingSpec::Explicit(tvec![pad[0], pad[1]], tvec![pad[2], pad[3]]),
+            dilations: None,
+            strides: Some(tvec![stride, stride]),
+            input_channels: c,
+            output_channels: cout,
+        };
+        let mut y = m
+            .wire_node(
+                "conv",
+                Conv {
+                    pool_spec: spec,
+                    kernel_fmt: KernelFormat::OIHW,
+                    group,
+                    q_params: None,
+                },
+                &[x, k, b],
+            )
+            .unwrap()[0];
+        let c = cout;
+        use tract_onnx::tract_core::ops::math;
+        let zero = m
+            .add_const("zero", tensor0(0f32).broadcast_into_rank(4).unwrap())
+            .unwrap();
+        // Slopes from -2 to 2: some above 1, where Max(x, a*x) is not PRelu but still what the graph says.
+        let slope: Vec<f32> = values(c, 4).iter().map(|v| v * 2.0).collect();
+        let a = m
+            .add_const(
+                "a",
+                tract_ndarray::ArrayD::from_shape_vec(vec![1, c, 1, 1], slope)
+                    .unwrap()
+                    .into_tensor(),
+            )
+            .unwrap();
+        y = match act {
+            TAct::Linear => y,
+            TAct::Relu => m.wire_node("relu", math::max(), &[y, zero]).unwrap()[0],
+            TAct::SplitPrelu => {
+                let pos = m.wire_node("pos", math::max(), &[y, zero]).unwrap()[0];
+                // The distilled embedder's Min constant is ~0.004, not 0.
+                let q = m
+                    .add_const("q", tensor0(0.004f32).broadcast_into_rank(4).unwrap())
+                    .unwrap();
+                let neg = m.wire_node("neg", math::min(), &[y, q]).unwrap()[0];
+                let neg = m.wire_node("scaled", math::mul(), &[neg, a]).unwrap()[0];
+                m.wire_node("prelu", math::add(), &[pos, neg]).unwrap()[0]
+            }
+            TAct::MaxMul => {
+                let ax = m.wire_node("ax", math::mul(), &[y, a]).unwrap()[0];
+                m.wire_node("maxmul", math::max(), &[y, ax]).unwrap()[0]
+            }
+        };
+        if pool {
+            let spec = PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![2, 2],
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: Some(tvec![2, 2]),
+                input_channels: c,
+                output_channels: c,
+            };
+            y = m
+                .wire_node(
+                    "pool",
+                    MaxPool {
+                        pool_spec: spec,
+                        with_index_outputs: None,
+                    },
+                    &[y],
+                )
+                .unwrap()[0];
+        }
+        m.select_output_outlets(&[y]).unwrap();
+        let cin = m.input_fact(0).unwrap().shape.as_concrete().unwrap()[1];
+        let input = tract_ndarray::ArrayD::from_shape_vec(vec![1, cin, h, w], values(cin * h * w, 3))
+            .unwrap()
+            .into_tensor();
+        let run = |m: TypedModel| -> Vec<f32> {
+            let out = m
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap()
+                .run(tvec![input.clone().into_tvalue()])
+                .unwrap();
+            out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+        };
+        let decluttered = m.into_decluttered().unwrap();
+        let (fast, swapped) = rewrite(decluttered.clone()).unwrap();
+        let binops = fast.nodes.iter().filter(|n| n.op_as::<TypedBinOp>().is_some()).count();
+        (run(decluttered), run(fast), swapped, binops)
+    }
+
+    fn assert_close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "max |diff| {worst}");
+    }
+
+    #[test]
+    fn pointwise_conv_matches_tract() {
+        // Channel counts off the 8-channel block and pixel counts off the 32-pixel block.
+        for (c, cout, h, w) in [
+            (16, 16, 12, 20),
+            (3, 10, 7, 9),
+            (64, 1, 5, 5),
+            (32, 64, 33, 17),
+            (5, 13, 1, 1),
+        ] {
+            for act in [TAct::Linear, TAct::Relu, TAct::SplitPrelu, TAct::MaxMul] {
+                let (a, b, swapped, binops) = both_ways_conv(Kind::Pointwise, c, cout, h, w, 1, [0; 4], act, false);
+                // (tract declutters a single output channel into another einsum, left to tract)
+                if cout > 1 && has_avx512() {
+                    assert_eq!(
+                        (swapped, binops),
+                        (1, 0),
+                        "{c}->{cout} {h}x{w} {act:?}: swapped, activation fused"
+                    );
+                }
+                assert_close(&a, &b);
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_pointwise_kernel_matches_tract() {
+        let (c, cout, p) = (6, 11, 37);
+        let w = values(c * cout, 1);
+        let op = Conv1x1::new(c, cout, &w, values(cout, 2));
+        let x = values(c * p, 3);
+        let mut out = vec![0f32; cout * p];
+        conv1x1_generic(&x, &mut out, &op, p);
+        for co in 0..cout {
+            for q in 0..p {
+                let want = values(cout, 2)[co] + (0..c).map(|ci| w[co * c + ci] * x[ci * p + q]).sum::<f32>();
+                assert!((out[co * p + q] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_relu_and_pool_match_tract() {
+        for (stride, pad) in [
+            (1, [1, 1, 1, 1]),
+            (2, [1, 1, 1, 1]),
+            (2, [0, 0, 1, 1]),
+            (1, [0, 0, 0, 0]),
+            (2, [1, 0, 0, 1]),
+        ] {
+            for (h, w) in [(8, 8), (7, 9), (12, 5), (3, 3)] {
+                let (a, b, swapped, binops) = both_ways(5, h, w, stride, pad, true, stride == 1 && h >= 4);
+                assert_eq!(binops, 0, "the ReLU is fused");
+                assert!(swapped >= 1, "nothing swapped for stride {stride} pad {pad:?} {h}x{w}");
+                assert_close(&a, &b);
+                let (a, b, _, _) = both_ways(3, h, w, stride, pad, false, false);
+                assert_close(&a, &b);
+            }
+        }
+    }
+
+    #[test]
+    fn the_rewrite_fuses_the_relu_and_swaps_the_pool() {
+        let (a, b, swapped, binops) = both_ways(4, 16, 20, 1, [1, 1, 1, 1], true, true);
+        assert_eq!(binops, 0);
+        assert_eq!(swapped, 2, "the depthwise conv (with its ReLU) and the pool");
+        assert_close(&a, &b);
+        assert!(b.iter().all(|v| *v >= 0.0));
+    }
+
+    #[test]
+    fn both_prelu_spellings_are_fused_with_the_same_values() {
+        for act in [TAct::SplitPrelu, TAct::MaxMul] {
+            for (kind, cout) in [(Kind::Depthwise, 6), (Kind::Pointwise, 12)] {
+                let (stride, pad) = match kind {
+                    Kind::Depthwise => (2, [1, 1, 1, 1]),
+                    Kind::Pointwise => (1, [0; 4]),
+                };
+                let (a, b, swapped, binops) = both_ways_conv(kind, 6, cout, 10, 14, stride, pad, act, false);
+                assert_close(&a, &b);
+                if matches!(kind, Kind::Depthwise) || has_avx512() {
+                    assert_eq!((swapped, binops), (1, 0), "{act:?}: the activation is fused");
+                }
+            }
+        }
+    }
+}
