@@ -334,6 +334,149 @@ impl TypedOp for Conv1x1 {
     }
 }
 
+/// A full 3x3 convolution over a few input channels (a network's first layer, on the colour
+/// channels), stride 1 or 2, zero padding of 0 or 1, with bias and activation. Like [`Conv1x1`] it is
+/// only planned where the CPU has AVX-512: 8 output channels x 16 pixels are accumulated in
+/// registers over the `9 * cin` taps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conv3x3 {
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    /// top, left, bottom, right
+    pad: [usize; 4],
+    /// `[cout.div_ceil(8)][cin * 9][8]`, zero-padded.
+    packed: Values,
+    bias: Values,
+    act: Act,
+    with_n: bool,
+}
+
+/// The most input channels [`Conv3x3`] takes (its taps are gathered per output row).
+const CONV3X3_MAX_CIN: usize = 4;
+
+impl Conv3x3 {
+    fn geometry(&self, h: usize, w: usize) -> Option<Geometry> {
+        let (hp, wp) = (h + self.pad[0] + self.pad[2], w + self.pad[1] + self.pad[3]);
+        if hp < 3 || wp < 3 {
+            return None;
+        }
+        let (ho, wo) = ((hp - 3) / self.stride + 1, (wp - 3) / self.stride + 1);
+        Some(Geometry {
+            h,
+            w,
+            ho,
+            wo,
+            stride: self.stride,
+            top: self.pad[0],
+            left: self.pad[1],
+        })
+    }
+}
+
+impl Op for Conv3x3 {
+    fn name(&self) -> StaticName {
+        "LobbyConv3x3".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} -> {} stride={} pad={:?} {}",
+            self.cin,
+            self.cout,
+            self.stride,
+            self.pad,
+            self.act.name()
+        )])
+    }
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for Conv3x3 {
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+    }
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let Some((c, h, w)) = chw(input.shape()) else {
+            bail!("LobbyConv3x3: unexpected input {:?}", input.shape())
+        };
+        ensure!(c == self.cin, "LobbyConv3x3: {c} channels, expected {}", self.cin);
+        let Some(g) = self.geometry(h, w) else {
+            bail!("LobbyConv3x3: input {h}x{w} too small")
+        };
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut planes: Vec<TapPlane> = (0..c).map(|_| TapPlane::new(&g)).collect();
+        for (tp, xp) in planes.iter_mut().zip(x.chunks_exact(h * w)) {
+            tp.load(xp, &g);
+        }
+        let mut out = vec![0f32; self.cout * g.ho * g.wo];
+        conv3x3(&planes, &mut out, self, &g);
+        let t =
+            tract_ndarray::ArrayD::from_shape_vec(&*out_shape(self.with_n, self.cout, g.ho, g.wo), out)?.into_tensor();
+        Ok(tvec![t.into_tvalue()])
+    }
+}
+
+impl TypedOp for Conv3x3 {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let Some(shape) = concrete(inputs[0]) else {
+            bail!("LobbyConv3x3 needs a concrete shape")
+        };
+        let Some((_, h, w)) = chw(&shape) else {
+            bail!("LobbyConv3x3: unexpected input {shape:?}")
+        };
+        let Some(g) = self.geometry(h, w) else {
+            bail!("LobbyConv3x3: input {h}x{w} too small")
+        };
+        Ok(tvec![f32::fact(out_shape(self.with_n, self.cout, g.ho, g.wo))])
+    }
+}
+
+/// The weight of output channel `co`, tap `t` (`ci * 9 + ky * 3 + kx`) in [`Conv3x3::packed`].
+fn conv3x3_weight(op: &Conv3x3, co: usize, t: usize) -> f32 {
+    op.packed.0[((co / CO_BLOCK) * op.cin * 9 + t) * CO_BLOCK + co % CO_BLOCK]
+}
+
+/// The portable 3x3 convolution (only if a plan made on an AVX-512 machine runs without it).
+fn conv3x3_generic(planes: &[TapPlane], out: &mut [f32], op: &Conv3x3, g: &Geometry) {
+    for co in 0..op.cout {
+        for (oy, orow) in out[co * g.ho * g.wo..(co + 1) * g.ho * g.wo]
+            .chunks_exact_mut(g.wo)
+            .enumerate()
+        {
+            orow.fill(op.bias.0[co]);
+            for (ci, tp) in planes.iter().enumerate() {
+                for (k, tap) in tp.nine(oy).iter().enumerate() {
+                    let wv = conv3x3_weight(op, co, ci * 9 + k);
+                    orow.iter_mut().zip(tap.iter()).for_each(|(o, v)| *o += wv * v);
+                }
+            }
+            op.act.row(co, orow);
+        }
+    }
+}
+
+fn conv3x3(planes: &[TapPlane], out: &mut [f32], op: &Conv3x3, g: &Geometry) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F (checked just above); the sizes are the op's (checked by eval).
+        return unsafe { avx512::conv3x3(planes, out, op, g) };
+    }
+    conv3x3_generic(planes, out, op, g)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernels. Each is written once, generic over `FMA`, and compiled twice on x86-64: with AVX2+FMA
 // (picked at run time when the CPU has them) and for the baseline target.
@@ -375,64 +518,148 @@ fn nine_taps<const FMA: bool>(out: &mut [f32], taps: [&[f32]; 9], k: &[f32], b: 
     }
 }
 
-/// Each channel is copied once into a zero-bordered plane (`scratch`), so every output sees nine
-/// in-bounds taps; with stride 2 the plane is also split into its even and odd columns, so the taps
-/// of a row are contiguous there too.
+/// One channel laid out so that the three taps of every kernel row are contiguous slices: copied into
+/// a zero-bordered plane (so every output sees nine in-bounds taps) and, with stride 2, split into
+/// its even and odd columns.
+struct TapPlane {
+    plane: Vec<f32>,
+    split: Vec<f32>,
+    /// padded width; even and odd column counts of a split row
+    wp: usize,
+    we: usize,
+    wod: usize,
+    stride: usize,
+}
+
+thread_local! {
+    /// Scratch buffers of this thread's earlier [`TapPlane`]s, reused so that a run does not pay
+    /// fresh (page-faulting) allocations for them. At most [`POOL_BUFFERS`] are kept per thread.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+const POOL_BUFFERS: usize = 8;
+
+/// A zeroed buffer of `n` values, from this thread's pool when it has one.
+fn scratch(n: usize) -> Vec<f32> {
+    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    v.clear();
+    v.resize(n, 0.0);
+    v
+}
+
+impl Drop for TapPlane {
+    fn drop(&mut self) {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            for v in [std::mem::take(&mut self.plane), std::mem::take(&mut self.split)] {
+                if p.len() < POOL_BUFFERS && v.capacity() > 0 {
+                    p.push(v);
+                }
+            }
+        });
+    }
+}
+
+impl TapPlane {
+    fn new(g: &Geometry) -> TapPlane {
+        let (hp, wp) = ((g.ho - 1) * g.stride + 3, (g.wo - 1) * g.stride + 3);
+        let (we, wod) = (wp.div_ceil(2), wp / 2);
+        let split = if g.stride == 2 {
+            scratch(hp * (we + wod))
+        } else {
+            Vec::new()
+        };
+        TapPlane {
+            plane: if g.stride == 1 { scratch(hp * wp) } else { Vec::new() },
+            split,
+            wp,
+            we,
+            wod,
+            stride: g.stride,
+        }
+    }
+
+    /// Lays out channel `xp` (`g.h x g.w`).
+    #[inline(always)]
+    fn load(&mut self, xp: &[f32], g: &Geometry) {
+        let n = g.w.min(self.wp.saturating_sub(g.left));
+        let row_of = |py: usize| {
+            py.checked_sub(g.top)
+                .filter(|iy| *iy < g.h)
+                .map(|iy| &xp[iy * g.w..iy * g.w + n])
+        };
+        if self.stride == 1 {
+            for (py, prow) in self.plane.chunks_exact_mut(self.wp).enumerate() {
+                let Some(src) = row_of(py) else {
+                    prow.fill(0.0);
+                    continue;
+                };
+                prow[..g.left].fill(0.0);
+                prow[g.left..g.left + n].copy_from_slice(src);
+                prow[g.left + n..].fill(0.0);
+            }
+            return;
+        }
+        // Stride 2: padded column j = left + ix goes to even[j / 2] or odd[j / 2] (left is 0 or 1).
+        for (py, srow) in self.split.chunks_exact_mut(self.we + self.wod).enumerate() {
+            srow.fill(0.0);
+            let Some(src) = row_of(py).filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let (even, odd) = srow.split_at_mut(self.we);
+            let (rest, base) = if g.left == 1 {
+                odd[0] = src[0];
+                (&src[1..], 1)
+            } else {
+                (src, 0)
+            };
+            let pairs = rest.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                even[base + rest.len() / 2] = *last;
+            }
+            for ((e, o), pair) in even[base..].iter_mut().zip(odd[base..].iter_mut()).zip(pairs) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+        }
+    }
+
+    /// The taps `kx = 0, 1, 2` of padded row `y`, each a slice whose element `ox` is the tap of output
+    /// column `ox`.
+    #[inline(always)]
+    fn taps(&self, y: usize) -> [&[f32]; 3] {
+        if self.stride == 1 {
+            let r = &self.plane[y * self.wp..(y + 1) * self.wp];
+            [r, &r[1..], &r[2..]]
+        } else {
+            let w = self.we + self.wod;
+            let (even, odd) = self.split[y * w..(y + 1) * w].split_at(self.we);
+            [even, odd, &even[1..]]
+        }
+    }
+
+    /// The nine taps of output row `oy`, row-major over the kernel.
+    #[inline(always)]
+    fn nine(&self, oy: usize) -> [&[f32]; 9] {
+        let y = oy * self.stride;
+        let ([t0, t1, t2], [t3, t4, t5], [t6, t7, t8]) = (self.taps(y), self.taps(y + 1), self.taps(y + 2));
+        [t0, t1, t2, t3, t4, t5, t6, t7, t8]
+    }
+}
+
 #[inline(always)]
 fn depthwise_impl<const FMA: bool>(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
-    let (hp, wp) = ((g.ho - 1) * g.stride + 3, (g.wo - 1) * g.stride + 3);
-    // Stride 1: one plane of `wp` columns. Stride 2: even columns (`we`) then odd columns (`wod`).
-    let (we, wod) = (wp.div_ceil(2), wp / 2);
-    let mut plane = vec![0f32; hp * wp];
-    let mut split = if g.stride == 2 {
-        vec![0f32; hp * (we + wod)]
-    } else {
-        Vec::new()
-    };
+    let mut tp = TapPlane::new(g);
     for (ch, (xp, op)) in x
         .chunks_exact(g.h * g.w)
         .zip(out.chunks_exact_mut(g.ho * g.wo))
         .enumerate()
     {
-        for (py, prow) in plane.chunks_exact_mut(wp).enumerate() {
-            prow.fill(0.0);
-            let Some(iy) = (py as isize - g.top as isize)
-                .try_into()
-                .ok()
-                .filter(|iy: &usize| *iy < g.h)
-            else {
-                continue;
-            };
-            let src = &xp[iy * g.w..(iy + 1) * g.w];
-            let n = g.w.min(wp.saturating_sub(g.left));
-            prow[g.left..g.left + n].copy_from_slice(&src[..n]);
-        }
-        if g.stride == 2 {
-            for (prow, srow) in plane.chunks_exact(wp).zip(split.chunks_exact_mut(we + wod)) {
-                let (even, odd) = srow.split_at_mut(we);
-                for (j, pair) in prow.chunks(2).enumerate() {
-                    even[j] = pair[0];
-                    if let Some(v) = pair.get(1) {
-                        odd[j] = *v;
-                    }
-                }
-            }
-        }
+        tp.load(xp, g);
         let k = &weights[ch * 9..ch * 9 + 9];
         let b = bias.get(ch).copied().unwrap_or(0.0);
         for (oy, orow) in op.chunks_exact_mut(g.wo).enumerate() {
-            let y = oy * g.stride;
-            let taps = |dy: usize| -> [&[f32]; 3] {
-                if g.stride == 1 {
-                    let r = &plane[(y + dy) * wp..(y + dy + 1) * wp];
-                    [r, &r[1..], &r[2..]]
-                } else {
-                    let (even, odd) = split[(y + dy) * (we + wod)..(y + dy + 1) * (we + wod)].split_at(we);
-                    [even, odd, &even[1..]]
-                }
-            };
-            let ([t0, t1, t2], [t3, t4, t5], [t6, t7, t8]) = (taps(0), taps(1), taps(2));
-            nine_taps::<FMA>(orow, [t0, t1, t2, t3, t4, t5, t6, t7, t8], k, b);
+            nine_taps::<FMA>(orow, tp.nine(oy), k, b);
             act.row(ch, orow);
         }
     }
@@ -444,7 +671,18 @@ unsafe fn depthwise_avx2(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f3
     depthwise_impl::<true>(x, out, g, weights, bias, act)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn depthwise_avx512(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
+    depthwise_impl::<true>(x, out, g, weights, bias, act)
+}
+
 fn depthwise(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has the features the function is compiled for (checked just above).
+        return unsafe { depthwise_avx512(x, out, g, weights, bias, act) };
+    }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for (checked just above).
@@ -510,8 +748,27 @@ fn conv1x1_generic(x: &[f32], out: &mut [f32], op: &Conv1x1, p: usize) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Act, Conv1x1, CO_BLOCK, PX_CHUNK};
+    use super::{Act, Conv1x1, Conv3x3, Geometry, TapPlane, CO_BLOCK, PX_CHUNK};
     use std::arch::x86_64::*;
+
+    /// The activation `act` of output channel `co` on 16 values.
+    #[inline(always)]
+    unsafe fn epilogue(act: &Act, co: usize, y: __m512) -> __m512 {
+        let zero = _mm512_setzero_ps();
+        match act {
+            Act::Linear => y,
+            Act::Relu => _mm512_max_ps(y, zero),
+            Act::SplitPrelu { pos, neg, slope } => {
+                let (pv, nv, sv) = (
+                    _mm512_set1_ps(pos.0[co]),
+                    _mm512_set1_ps(neg.0[co]),
+                    _mm512_set1_ps(slope.0[co]),
+                );
+                _mm512_add_ps(_mm512_max_ps(y, pv), _mm512_mul_ps(_mm512_min_ps(y, nv), sv))
+            }
+            Act::MaxMul(s) => _mm512_max_ps(y, _mm512_mul_ps(y, _mm512_set1_ps(s.0[co]))),
+        }
+    }
 
     /// Lanes `0..n` of a 16-lane mask (all when `n >= 16`).
     #[inline(always)]
@@ -554,27 +811,9 @@ mod avx512 {
                 a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
             }
         }
-        let zero = _mm512_setzero_ps();
         for (j, a) in acc.iter().enumerate() {
-            let (mut y0, mut y1) = (a[0], a[1]);
-            match act {
-                Act::Linear => {}
-                Act::Relu => {
-                    y0 = _mm512_max_ps(y0, zero);
-                    y1 = _mm512_max_ps(y1, zero);
-                }
-                Act::SplitPrelu { pos, neg, slope } => {
-                    let (pv, nv) = (_mm512_set1_ps(pos.0[co0 + j]), _mm512_set1_ps(neg.0[co0 + j]));
-                    let sv = _mm512_set1_ps(slope.0[co0 + j]);
-                    y0 = _mm512_add_ps(_mm512_max_ps(y0, pv), _mm512_mul_ps(_mm512_min_ps(y0, nv), sv));
-                    y1 = _mm512_add_ps(_mm512_max_ps(y1, pv), _mm512_mul_ps(_mm512_min_ps(y1, nv), sv));
-                }
-                Act::MaxMul(s) => {
-                    let sv = _mm512_set1_ps(s.0[co0 + j]);
-                    y0 = _mm512_max_ps(y0, _mm512_mul_ps(y0, sv));
-                    y1 = _mm512_max_ps(y1, _mm512_mul_ps(y1, sv));
-                }
-            }
+            let (y0, y1) = (a[0], a[1]);
+            let (y0, y1) = (epilogue(act, co0 + j, y0), epilogue(act, co0 + j, y1));
             let op = out.add((co0 + j) * p + p0);
             _mm512_mask_storeu_ps(op, m0, y0);
             _mm512_mask_storeu_ps(op.add(16), m1, y1);
@@ -611,6 +850,75 @@ mod avx512 {
                 }
             }
             c0 += chunk;
+        }
+    }
+
+    /// Output channels `co0..co0 + NCO` of output row `oy` at columns `ox0..ox0 + n` (n <= 16), from
+    /// the `taps` (one pointer per tap, each to the tap of column 0).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block3<const NCO: usize>(
+        taps: &[*const f32],
+        w: *const f32,
+        op: &Conv3x3,
+        out: *mut f32,
+        plane: usize,
+        row: usize,
+        co0: usize,
+        ox0: usize,
+        n: usize,
+    ) {
+        let m = lanes(n);
+        let mut acc = [_mm512_setzero_ps(); NCO];
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_set1_ps(op.bias.0[co0 + j]);
+        }
+        for (t, tap) in taps.iter().enumerate() {
+            let v = _mm512_maskz_loadu_ps(m, tap.add(ox0));
+            let wt = w.add(t * CO_BLOCK);
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*wt.add(j)), v, *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let y = epilogue(&op.act, co0 + j, *a);
+            _mm512_mask_storeu_ps(out.add((co0 + j) * plane + row + ox0), m, y);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `planes` are the op's `cin` input channels laid out for `g`, and
+    /// `out` holds `op.cout * g.ho * g.wo` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn conv3x3(planes: &[TapPlane], out: &mut [f32], op: &Conv3x3, g: &Geometry) {
+        let outp = out.as_mut_ptr();
+        let plane = g.ho * g.wo;
+        let mut taps: Vec<*const f32> = Vec::with_capacity(op.cin * 9);
+        for oy in 0..g.ho {
+            taps.clear();
+            for tp in planes {
+                taps.extend(tp.nine(oy).iter().map(|t| t.as_ptr()));
+            }
+            for b in 0..op.cout.div_ceil(CO_BLOCK) {
+                let co0 = b * CO_BLOCK;
+                let w = op.packed.0.as_ptr().add(b * op.cin * 9 * CO_BLOCK);
+                let mut ox0 = 0;
+                while ox0 < g.wo {
+                    let n = (g.wo - ox0).min(16);
+                    let row = oy * g.wo;
+                    match (op.cout - co0).min(CO_BLOCK) {
+                        8 => block3::<8>(&taps, w, op, outp, plane, row, co0, ox0, n),
+                        7 => block3::<7>(&taps, w, op, outp, plane, row, co0, ox0, n),
+                        6 => block3::<6>(&taps, w, op, outp, plane, row, co0, ox0, n),
+                        5 => block3::<5>(&taps, w, op, outp, plane, row, co0, ox0, n),
+                        4 => block3::<4>(&taps, w, op, outp, plane, row, co0, ox0, n),
+                        3 => block3::<3>(&taps, w, op, outp, plane, row, co0, ox0, n),
+                        2 => block3::<2>(&taps, w, op, outp, plane, row, co0, ox0, n),
+                        _ => block3::<1>(&taps, w, op, outp, plane, row, co0, ox0, n),
+                    }
+                    ox0 += 16;
+                }
+            }
         }
     }
 }
@@ -775,6 +1083,54 @@ fn depthwise_op(model: &TypedModel, node: &TypedNode) -> Option<Depthwise3x3> {
     })
 }
 
+fn conv3x3_op(model: &TypedModel, node: &TypedNode) -> Option<Conv3x3> {
+    let conv = node.op_as::<Conv>()?;
+    let spec = &conv.pool_spec;
+    let fact = model.outlet_fact(node.inputs[0]).ok()?;
+    let (cin, _, _) = chw(&concrete(fact)?)?;
+    let stride = spec.strides();
+    let cout = spec.output_channels;
+    let ok = conv.q_params.is_none()
+        && fact.datum_type == f32::datum_type()
+        && plain_2d(spec)
+        && conv.group == 1
+        && cin <= CONV3X3_MAX_CIN
+        && spec.input_channels == cin
+        && spec.kernel_shape[..] == [3, 3]
+        && stride.len() == 2
+        && stride[0] == stride[1]
+        && (stride[0] == 1 || stride[0] == 2)
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && node.inputs.len() == 3;
+    if !ok || concrete(model.outlet_fact(node.inputs[1]).ok()?)?[..] != [cout, cin, 3, 3] {
+        return None;
+    }
+    let pad = small_padding(&spec.padding)?;
+    let weights = const_f32(model, node.inputs[1])?;
+    let bias = const_f32(model, node.inputs[2])?;
+    let bias = match bias.len() {
+        1 => vec![bias[0]; cout],
+        n if n == cout => bias,
+        _ => return None,
+    };
+    let mut packed = vec![0f32; cout.div_ceil(CO_BLOCK) * cin * 9 * CO_BLOCK];
+    for co in 0..cout {
+        for t in 0..cin * 9 {
+            packed[((co / CO_BLOCK) * cin * 9 + t) * CO_BLOCK + co % CO_BLOCK] = weights[co * cin * 9 + t];
+        }
+    }
+    Some(Conv3x3 {
+        cin,
+        cout,
+        stride: stride[0],
+        pad,
+        packed: Values(Arc::new(packed)),
+        bias: Values(Arc::new(bias)),
+        act: Act::Linear,
+        with_n: true,
+    })
+}
+
 /// The sole reader of `node`'s output, with the input slot it reads, unless that output is also a
 /// model output.
 fn sole_successor(model: &TypedModel, node: &TypedNode) -> Option<(usize, usize)> {
@@ -890,6 +1246,11 @@ pub fn rewrite(mut model: TypedModel) -> TractResult<(TypedModel, usize)> {
             op.act = act;
             op.with_n = rank4(&model, last);
             swap(&mut model, input, last, &name, op)?
+        } else if let Some(mut op) = conv3x3_op(&model, node).filter(|_| has_avx512()) {
+            let (act, last) = activation_after(&model, node, op.cout);
+            op.act = act;
+            op.with_n = rank4(&model, last);
+            swap(&mut model, input, last, &name, op)?
         } else if is_maxpool_2x2(&model, node) {
             swap(&mut model, input, id, &name, MaxPool2x2)?
         } else {
@@ -933,6 +1294,7 @@ mod tests {
     enum Kind {
         Depthwise,
         Pointwise,
+        Full3x3,
     }
 
     /// The activation after the convolution, spelled as in our models' graphs.
@@ -964,6 +1326,7 @@ mod tests {
         let (kshape, group, ksize) = match kind {
             Kind::Depthwise => (vec![c, 1, 3, 3], c, 3),
             Kind::Pointwise => (vec![cout, c, 1, 1], 1, 1),
+            Kind::Full3x3 => (vec![cout, c, 3, 3], 1, 3),
         };
         let kn = kshape.iter().product();
         let k = m
@@ -1159,7 +1522,7 @@ mod tests {
         for act in [TAct::SplitPrelu, TAct::MaxMul] {
             for (kind, cout) in [(Kind::Depthwise, 6), (Kind::Pointwise, 12)] {
                 let (stride, pad) = match kind {
-                    Kind::Depthwise => (2, [1, 1, 1, 1]),
+                    Kind::Depthwise | Kind::Full3x3 => (2, [1, 1, 1, 1]),
                     Kind::Pointwise => (1, [0; 4]),
                 };
                 let (a, b, swapped, binops) = both_ways_conv(kind, 6, cout, 10, 14, stride, pad, act, false);
@@ -1169,5 +1532,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn first_layer_conv_matches_tract() {
+        for (cin, cout) in [(3, 16), (1, 5), (4, 9)] {
+            for (stride, pad) in [(2, [1, 1, 1, 1]), (1, [1, 1, 1, 1]), (2, [0, 0, 1, 1]), (1, [0; 4])] {
+                for (h, w) in [(12, 20), (7, 33), (3, 3)] {
+                    for act in [TAct::Linear, TAct::Relu, TAct::SplitPrelu] {
+                        let (a, b, swapped, binops) =
+                            both_ways_conv(Kind::Full3x3, cin, cout, h, w, stride, pad, act, false);
+                        assert_close(&a, &b);
+                        if has_avx512() {
+                            assert_eq!(
+                                (swapped, binops),
+                                (1, 0),
+                                "{cin}->{cout} s{stride} {pad:?} {h}x{w} {act:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_3x3_kernel_matches_the_vector_one() {
+        let (cin, cout, h, w) = (3, 11, 9, 21);
+        let op = Conv3x3 {
+            cin,
+            cout,
+            stride: 2,
+            pad: [1, 1, 1, 1],
+            packed: Values(Arc::new(values(cout.div_ceil(CO_BLOCK) * cin * 9 * CO_BLOCK, 5))),
+            bias: Values(Arc::new(values(cout, 6))),
+            act: Act::Relu,
+            with_n: true,
+        };
+        let g = op.geometry(h, w).unwrap();
+        let x = values(cin * h * w, 7);
+        let mut planes: Vec<TapPlane> = (0..cin).map(|_| TapPlane::new(&g)).collect();
+        for (tp, xp) in planes.iter_mut().zip(x.chunks_exact(h * w)) {
+            tp.load(xp, &g);
+        }
+        let (mut a, mut b) = (vec![0f32; cout * g.ho * g.wo], vec![1f32; cout * g.ho * g.wo]);
+        conv3x3_generic(&planes, &mut a, &op, &g);
+        conv3x3(&planes, &mut b, &op, &g);
+        assert_close(&a, &b);
+        // Spot check one output against the definition.
+        let (co, oy, ox) = (4, 2, 3);
+        let mut want = op.bias.0[co];
+        for ci in 0..cin {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let (iy, ix) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
+                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                        want += conv3x3_weight(&op, co, ci * 9 + ky * 3 + kx)
+                            * x[ci * h * w + iy as usize * w + ix as usize];
+                    }
+                }
+            }
+        }
+        assert!((a[co * g.ho * g.wo + oy * g.wo + ox] - want.max(0.0)).abs() < 1e-5);
     }
 }
