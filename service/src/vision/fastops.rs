@@ -90,6 +90,17 @@ fn out_shape(with_n: bool, c: usize, h: usize, w: usize) -> TVec<usize> {
     }
 }
 
+/// `x` read as `rows x cols`, written as `cols x rows`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (r, row) in x.chunks_exact(cols).enumerate().take(rows) {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    out
+}
+
 fn concrete(fact: &TypedFact) -> Option<Vec<usize>> {
     fact.shape.as_concrete().map(|s| s.to_vec())
 }
@@ -107,9 +118,31 @@ pub struct Depthwise3x3 {
     act: Act,
     /// Whether the output is `[1, C, H, W]` rather than `[C, H, W]` (what the replaced nodes gave).
     with_n: bool,
+    /// Channels last (`[1, H, W, C]` / `[H, W, C]`, where tract's declutter moved a detection head's
+    /// layout): the image is transposed to channels first and back around the kernel.
+    nhwc: bool,
 }
 
 impl Depthwise3x3 {
+    /// (C, H, W) of an input of this op's layout.
+    fn dims(&self, shape: &[usize]) -> Option<(usize, usize, usize)> {
+        if !self.nhwc {
+            return chw(shape);
+        }
+        match *shape {
+            [1, h, w, c] | [h, w, c] => Some((c, h, w)),
+            _ => None,
+        }
+    }
+
+    fn shape_out(&self, c: usize, h: usize, w: usize) -> TVec<usize> {
+        match (self.nhwc, self.with_n) {
+            (false, n) => out_shape(n, c, h, w),
+            (true, true) => tvec![1, h, w, c],
+            (true, false) => tvec![h, w, c],
+        }
+    }
+
     fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         let (hp, wp) = (h + self.pad[0] + self.pad[2], w + self.pad[1] + self.pad[3]);
         (hp >= 3 && wp >= 3).then(|| ((hp - 3) / self.stride + 1, (wp - 3) / self.stride + 1))
@@ -144,7 +177,7 @@ impl EvalOp for Depthwise3x3 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = &inputs[0];
-        let Some((c, h, w)) = chw(input.shape()) else {
+        let Some((c, h, w)) = self.dims(input.shape()) else {
             bail!("LobbyDepthwise3x3: unexpected input {:?}", input.shape())
         };
         ensure!(
@@ -166,8 +199,15 @@ impl EvalOp for Depthwise3x3 {
             top: self.pad[0],
             left: self.pad[1],
         };
-        depthwise(x, &mut out, &g, &self.weights.0, &self.bias.0, &self.act);
-        let t = tract_ndarray::ArrayD::from_shape_vec(&*out_shape(self.with_n, c, ho, wo), out)?.into_tensor();
+        if self.nhwc {
+            let chw_in = transpose(x, h * w, c);
+            let mut chw_out = vec![0f32; c * ho * wo];
+            depthwise(&chw_in, &mut chw_out, &g, &self.weights.0, &self.bias.0, &self.act);
+            out = transpose(&chw_out, c, ho * wo);
+        } else {
+            depthwise(x, &mut out, &g, &self.weights.0, &self.bias.0, &self.act);
+        }
+        let t = tract_ndarray::ArrayD::from_shape_vec(&*self.shape_out(c, ho, wo), out)?.into_tensor();
         Ok(tvec![t.into_tvalue()])
     }
 }
@@ -183,13 +223,13 @@ impl TypedOp for Depthwise3x3 {
         let Some(shape) = concrete(inputs[0]) else {
             bail!("LobbyDepthwise3x3 needs a concrete shape")
         };
-        let Some((c, h, w)) = chw(&shape) else {
+        let Some((c, h, w)) = self.dims(&shape) else {
             bail!("LobbyDepthwise3x3: unexpected input {shape:?}")
         };
         let Some((ho, wo)) = self.out_hw(h, w) else {
             bail!("LobbyDepthwise3x3: input {h}x{w} too small")
         };
-        Ok(tvec![f32::fact(out_shape(self.with_n, c, ho, wo))])
+        Ok(tvec![f32::fact(self.shape_out(c, ho, wo))])
     }
 }
 
@@ -1044,11 +1084,19 @@ fn depthwise_op(model: &TypedModel, node: &TypedNode) -> Option<Depthwise3x3> {
     let spec = &conv.pool_spec;
     let fact = model.outlet_fact(node.inputs[0]).ok()?;
     let shape = concrete(fact)?;
-    let (c, _, _) = chw(&shape)?;
+    let nhwc = matches!(spec.data_format, DataFormat::NHWC | DataFormat::HWC);
+    let (c, _, _) = if nhwc {
+        match shape[..] {
+            [1, h, w, c] | [h, w, c] => (c, h, w),
+            _ => return None,
+        }
+    } else {
+        chw(&shape)?
+    };
     let stride = spec.strides();
     let ok = conv.q_params.is_none()
         && fact.datum_type == f32::datum_type()
-        && plain_2d(spec)
+        && (plain_2d(spec) || (nhwc && spec.dilations().iter().all(|d| *d == 1)))
         && conv.group == c
         && spec.input_channels == c
         && spec.output_channels == c
@@ -1080,6 +1128,7 @@ fn depthwise_op(model: &TypedModel, node: &TypedNode) -> Option<Depthwise3x3> {
         bias: Values(Arc::new(bias)),
         act: Act::Linear,
         with_n: true,
+        nhwc,
     })
 }
 
@@ -1237,7 +1286,11 @@ pub fn rewrite(mut model: TypedModel) -> TractResult<(TypedModel, usize)> {
         let Some(&input) = node.inputs.first() else { continue };
         let name = node.name.clone();
         let done = if let Some(mut op) = depthwise_op(&model, node) {
-            let (act, last) = activation_after(&model, node, op.channels);
+            // Per-channel constants are matched in the channels-first layout only.
+            let (act, last) = match activation_after(&model, node, op.channels) {
+                (act, last) if !op.nhwc || matches!(act, Act::Linear | Act::Relu) => (act, last),
+                _ => (Act::Linear, id),
+            };
             op.act = act;
             op.with_n = rank4(&model, last);
             swap(&mut model, input, last, &name, op)?
@@ -1295,6 +1348,8 @@ mod tests {
         Depthwise,
         Pointwise,
         Full3x3,
+        /// depthwise, channels last
+        DepthwiseNhwc,
     }
 
     /// The activation after the convolution, spelled as in our models' graphs.
@@ -1322,11 +1377,14 @@ mod tests {
     ) -> (Vec<f32>, Vec<f32>, usize, usize) {
         use tract_onnx::tract_core::ops::cnn::PoolSpec;
         let mut m = TypedModel::default();
-        let x = m.add_source("x", f32::fact([1, c, h, w])).unwrap();
+        let nhwc = matches!(kind, Kind::DepthwiseNhwc);
+        let ishape = if nhwc { [1, h, w, c] } else { [1, c, h, w] };
+        let x = m.add_source("x", f32::fact(ishape)).unwrap();
         let (kshape, group, ksize) = match kind {
             Kind::Depthwise => (vec![c, 1, 3, 3], c, 3),
             Kind::Pointwise => (vec![cout, c, 1, 1], 1, 1),
             Kind::Full3x3 => (vec![cout, c, 3, 3], 1, 3),
+            Kind::DepthwiseNhwc => (vec![c, 1, 3, 3], c, 3),
         };
         let kn = kshape.iter().product();
         let k = m
@@ -1346,7 +1404,7 @@ mod tests {
             )
             .unwrap();
         let spec = PoolSpec {
-            data_format: DataFormat::NCHW,
+            data_format: if nhwc { DataFormat::NHWC } else { DataFormat::NCHW },
             kernel_shape: tvec![ksize, ksize],
             padding: PaddingSpec::Explicit(tvec![pad[0], pad[1]], tvec![pad[2], pad[3]]),
             dilations: None,
@@ -1421,8 +1479,9 @@ mod tests {
                 .unwrap()[0];
         }
         m.select_output_outlets(&[y]).unwrap();
-        let cin = m.input_fact(0).unwrap().shape.as_concrete().unwrap()[1];
-        let input = tract_ndarray::ArrayD::from_shape_vec(vec![1, cin, h, w], values(cin * h * w, 3))
+        let ishape = m.input_fact(0).unwrap().shape.as_concrete().unwrap().to_vec();
+        let n = ishape.iter().product();
+        let input = tract_ndarray::ArrayD::from_shape_vec(ishape, values(n, 3))
             .unwrap()
             .into_tensor();
         let run = |m: TypedModel| -> Vec<f32> {
@@ -1522,7 +1581,7 @@ mod tests {
         for act in [TAct::SplitPrelu, TAct::MaxMul] {
             for (kind, cout) in [(Kind::Depthwise, 6), (Kind::Pointwise, 12)] {
                 let (stride, pad) = match kind {
-                    Kind::Depthwise | Kind::Full3x3 => (2, [1, 1, 1, 1]),
+                    Kind::Depthwise | Kind::Full3x3 | Kind::DepthwiseNhwc => (2, [1, 1, 1, 1]),
                     Kind::Pointwise => (1, [0; 4]),
                 };
                 let (a, b, swapped, binops) = both_ways_conv(kind, 6, cout, 10, 14, stride, pad, act, false);
@@ -1594,5 +1653,16 @@ mod tests {
             }
         }
         assert!((a[co * g.ho * g.wo + oy * g.wo + ox] - want.max(0.0)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn channels_last_depthwise_matches_tract() {
+        for c in [1, 4, 10] {
+            for act in [TAct::Linear, TAct::Relu] {
+                let (a, b, swapped, _) = both_ways_conv(Kind::DepthwiseNhwc, c, c, 12, 15, 1, [1, 1, 1, 1], act, false);
+                assert_close(&a, &b);
+                assert_eq!(swapped, 1, "{c} channels {act:?}");
+            }
+        }
     }
 }
