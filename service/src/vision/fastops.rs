@@ -1,12 +1,21 @@
-//! Load-time replacements for the tract operators our models spend the most time in that tract
-//! runs slowly: 3x3 depthwise convolutions (with the ReLU that follows them fused in) and 2x2/stride-2
-//! max-pools, both on one NCHW f32 image. The models are still parsed, planned and run by tract; after
-//! decluttering, each matching `Conv` / `MaxPool` node is swapped for one of the ops below, which
-//! tract then schedules like any other. Anything that does not match exactly (another kernel size,
-//! dilation, padding wider than 1, a batch of more than one, quantised types) keeps tract's own op.
+//! Load-time replacements for the tract operators our models spend their time in: 3x3 depthwise
+//! convolutions (channels first, or last as in YuNet's heads), 1x1 convolutions, the first layer's
+//! 3x3 convolution over the colour channels, and 2x2/stride-2 max-pools, each on one f32 image. The
+//! activation that follows a convolution (ReLU, or PRelu in either spelling our graphs use) and the
+//! per-channel `Mul` / `Add` after a 1x1 convolution are fused into it.
 //!
-//! The arithmetic is the same as tract's (the same products summed per output, bias first); only the
-//! order of the three taps of a row may differ, so outputs agree to float rounding (tests below).
+//! The models are still parsed, decluttered, optimized and run by tract: between decluttering and
+//! optimizing, each matching node is swapped for one of the ops below (tract's own `TypedOp` /
+//! `EvalOp` traits), which tract then schedules like any other. Anything that does not match
+//! exactly (another kernel size, dilation, padding wider than 1, a batch of more than one, quantised
+//! types, a tensor also read as a model output) keeps tract's op. The 1x1 and full 3x3 kernels are
+//! written for AVX-512 and swapped in only on CPUs that have it; the depthwise and pooling kernels
+//! are plain Rust compiled for AVX2/AVX-512 (chosen at run time) or the baseline.
+//!
+//! The arithmetic is the same as tract's (the same products and sums per output; only their order
+//! may differ), so outputs agree to float rounding: unit tests on small graphs below, and
+//! `tests/tests/fastops.rs` runs the whole pipeline both ways on real photos. What each swap buys is
+//! in `bench/RESULTS.md` ("Performance"); `lobby-stages --tract-only` measures tract alone.
 
 use std::sync::Arc;
 use tract_onnx::prelude::*;
