@@ -125,8 +125,90 @@ fn concrete(fact: &TypedFact) -> Option<Vec<usize>> {
     fact.shape.as_concrete().map(|s| s.to_vec())
 }
 
+/// What each op here provides; [`tract_op!`] turns it into tract's `Op`, `EvalOp` and `TypedOp`.
+trait FastOp {
+    const NAME: &'static str;
+    /// One line for tract's dumps.
+    fn describe(&self) -> String;
+    /// The output shape for an input of `shape`, `None` when the op does not take such an input.
+    fn output_shape(&self, shape: &[usize]) -> Option<TVec<usize>>;
+    /// Computes the output into `out` (of [`FastOp::output_shape`]), writing every element (zeros
+    /// for an input `output_shape` refuses, which eval never passes).
+    fn write(&self, x: &[f32], shape: &[usize], out: &mut [f32]);
+}
+
+macro_rules! tract_op {
+    ($($t:ty),*) => {$(
+        impl Op for $t {
+            fn name(&self) -> StaticName {
+                <$t as FastOp>::NAME.into()
+            }
+            fn info(&self) -> TractResult<Vec<String>> {
+                Ok(vec![self.describe()])
+            }
+            fn validation(&self) -> Validation {
+                Validation::Rounding
+            }
+            fn as_typed(&self) -> Option<&dyn TypedOp> {
+                Some(self)
+            }
+        }
+
+        impl EvalOp for $t {
+            fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+                Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+            }
+
+            fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+                let input = &inputs[0];
+                let Some(shape) = self.output_shape(input.shape()) else {
+                    bail!("{}: unexpected input {:?}", <$t as FastOp>::NAME, input.shape())
+                };
+                let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+                written(&shape, |out| self.write(x, input.shape(), out))
+            }
+        }
+
+        impl TypedOp for $t {
+            fn as_op(&self) -> &dyn Op {
+                self
+            }
+            fn as_op_mut(&mut self) -> &mut dyn Op {
+                self
+            }
+            fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+                let shape = concrete(inputs[0]);
+                let Some(out) = shape.as_deref().and_then(|s| self.output_shape(s)) else {
+                    bail!("{}: unexpected input {:?}", <$t as FastOp>::NAME, inputs[0])
+                };
+                Ok(tvec![f32::fact(out)])
+            }
+        }
+    )*};
+}
+
+tract_op!(Depthwise3x3, MaxPool2x2, Conv1x1, Conv3x3);
+
+/// The output geometry of a 3x3 kernel with `stride` and `pad` (top, left, bottom, right) on `h x w`.
+fn geometry(h: usize, w: usize, stride: usize, pad: [usize; 4]) -> Option<Geometry> {
+    let (hp, wp) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
+    if hp < 3 || wp < 3 {
+        return None;
+    }
+    let (ho, wo) = ((hp - 3) / stride + 1, (wp - 3) / stride + 1);
+    Some(Geometry {
+        h,
+        w,
+        ho,
+        wo,
+        stride,
+        top: pad[0],
+        left: pad[1],
+    })
+}
+
 /// A 3x3 depthwise convolution (one filter per channel), stride 1 or 2, zero padding of 0 or 1 on
-/// each side, bias, and optionally the ReLU that follows it.
+/// each side, bias, and the activation after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Depthwise3x3 {
     channels: usize,
@@ -154,107 +236,47 @@ impl Depthwise3x3 {
             _ => None,
         }
     }
-
-    fn shape_out(&self, c: usize, h: usize, w: usize) -> TVec<usize> {
-        match (self.nhwc, self.with_n) {
-            (false, n) => out_shape(n, c, h, w),
-            (true, true) => tvec![1, h, w, c],
-            (true, false) => tvec![h, w, c],
-        }
-    }
-
-    fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let (hp, wp) = (h + self.pad[0] + self.pad[2], w + self.pad[1] + self.pad[3]);
-        (hp >= 3 && wp >= 3).then(|| ((hp - 3) / self.stride + 1, (wp - 3) / self.stride + 1))
-    }
 }
 
-impl Op for Depthwise3x3 {
-    fn name(&self) -> StaticName {
-        "LobbyDepthwise3x3".into()
-    }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
-            "c={} stride={} pad={:?} {}",
+impl FastOp for Depthwise3x3 {
+    const NAME: &'static str = "LobbyDepthwise3x3";
+
+    fn describe(&self) -> String {
+        format!(
+            "c={} stride={} pad={:?} {} nhwc={}",
             self.channels,
             self.stride,
             self.pad,
-            self.act.name()
-        )])
-    }
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for Depthwise3x3 {
-    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
-        Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+            self.act.name(),
+            self.nhwc
+        )
     }
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
-        let Some((c, h, w)) = self.dims(input.shape()) else {
-            bail!("LobbyDepthwise3x3: unexpected input {:?}", input.shape())
+    fn output_shape(&self, shape: &[usize]) -> Option<TVec<usize>> {
+        let (c, h, w) = self.dims(shape).filter(|d| d.0 == self.channels)?;
+        let g = geometry(h, w, self.stride, self.pad)?;
+        Some(match (self.nhwc, self.with_n) {
+            (false, n) => out_shape(n, c, g.ho, g.wo),
+            (true, true) => tvec![1, g.ho, g.wo, c],
+            (true, false) => tvec![g.ho, g.wo, c],
+        })
+    }
+
+    fn write(&self, x: &[f32], shape: &[usize], out: &mut [f32]) {
+        let Some((c, h, w)) = self.dims(shape) else {
+            return out.fill(0.0);
         };
-        ensure!(
-            c == self.channels,
-            "LobbyDepthwise3x3: {c} channels, expected {}",
-            self.channels
-        );
-        let Some((ho, wo)) = self.out_hw(h, w) else {
-            bail!("LobbyDepthwise3x3: input {h}x{w} too small")
-        };
-        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
-        let g = Geometry {
-            h,
-            w,
-            ho,
-            wo,
-            stride: self.stride,
-            top: self.pad[0],
-            left: self.pad[1],
+        let Some(g) = geometry(h, w, self.stride, self.pad) else {
+            return out.fill(0.0);
         };
         let (weights, bias) = (&self.weights.0[..], &self.bias.0[..]);
         if self.nhwc {
-            let chw_in = transpose(x, h * w, c);
-            let mut chw_out = vec![0f32; c * ho * wo];
-            depthwise(&chw_in, &mut chw_out, &g, weights, bias, &self.act);
-            let out = transpose(&chw_out, c, ho * wo);
-            return Ok(tvec![tract_ndarray::ArrayD::from_shape_vec(
-                &*self.shape_out(c, ho, wo),
-                out
-            )?
-            .into_tensor()
-            .into_tvalue()]);
+            let mut chw_out = vec![0f32; out.len()];
+            depthwise(&transpose(x, h * w, c), &mut chw_out, &g, weights, bias, &self.act);
+            out.copy_from_slice(&transpose(&chw_out, c, g.ho * g.wo));
+        } else {
+            depthwise(x, out, &g, weights, bias, &self.act);
         }
-        written(&self.shape_out(c, ho, wo), |out| {
-            depthwise(x, out, &g, weights, bias, &self.act)
-        })
-    }
-}
-
-impl TypedOp for Depthwise3x3 {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let Some(shape) = concrete(inputs[0]) else {
-            bail!("LobbyDepthwise3x3 needs a concrete shape")
-        };
-        let Some((c, h, w)) = self.dims(&shape) else {
-            bail!("LobbyDepthwise3x3: unexpected input {shape:?}")
-        };
-        let Some((ho, wo)) = self.out_hw(h, w) else {
-            bail!("LobbyDepthwise3x3: input {h}x{w} too small")
-        };
-        Ok(tvec![f32::fact(self.shape_out(c, ho, wo))])
     }
 }
 
@@ -262,53 +284,30 @@ impl TypedOp for Depthwise3x3 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaxPool2x2;
 
-impl Op for MaxPool2x2 {
-    fn name(&self) -> StaticName {
-        "LobbyMaxPool2x2".into()
-    }
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
+impl FastOp for MaxPool2x2 {
+    const NAME: &'static str = "LobbyMaxPool2x2";
 
-impl EvalOp for MaxPool2x2 {
-    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
-        Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+    fn describe(&self) -> String {
+        String::new()
     }
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
-        let Some((c, h, w)) = chw(input.shape()) else {
-            bail!("LobbyMaxPool2x2: unexpected input {:?}", input.shape())
-        };
-        let (ho, wo) = (h / 2, w / 2);
-        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
-        written(&out_shape(input.rank() == 4, c, ho, wo), |out| maxpool(x, out, c, h, w))
+    fn output_shape(&self, shape: &[usize]) -> Option<TVec<usize>> {
+        let (c, h, w) = chw(shape)?;
+        Some(out_shape(shape.len() == 4, c, h / 2, w / 2))
     }
-}
 
-impl TypedOp for MaxPool2x2 {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let Some(shape) = concrete(inputs[0]) else {
-            bail!("LobbyMaxPool2x2 needs a concrete shape")
-        };
-        let Some((c, h, w)) = chw(&shape) else {
-            bail!("LobbyMaxPool2x2: unexpected input {shape:?}")
-        };
-        Ok(tvec![f32::fact(out_shape(shape.len() == 4, c, h / 2, w / 2))])
+    fn write(&self, x: &[f32], shape: &[usize], out: &mut [f32]) {
+        match chw(shape) {
+            Some((c, h, w)) => maxpool(x, out, c, h, w),
+            None => out.fill(0.0),
+        }
     }
 }
 
 /// A 1x1 convolution (a matrix product over channels at every pixel), stride 1, no padding, with
-/// bias and optionally the ReLU that follows it. Only planned where the CPU has AVX-512 (its kernel
-/// keeps an 8-channel x 32-pixel block of outputs in registers, with no packing pass); elsewhere
-/// tract's own convolution stays.
+/// bias and the activation after it. Only planned where the CPU has AVX-512 (its kernel keeps an
+/// 8-channel x 32-pixel block of outputs in registers, with no packing pass); elsewhere tract's own
+/// convolution stays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conv1x1 {
     cin: usize,
@@ -326,72 +325,41 @@ const CO_BLOCK: usize = 8;
 
 impl Conv1x1 {
     fn new(cin: usize, cout: usize, weights: &[f32], bias: Vec<f32>) -> Conv1x1 {
-        let blocks = cout.div_ceil(CO_BLOCK);
-        let mut packed = vec![0f32; blocks * cin * CO_BLOCK];
+        let mut packed = vec![0f32; cout.div_ceil(CO_BLOCK) * cin * CO_BLOCK];
         for co in 0..cout {
             for ci in 0..cin {
                 packed[((co / CO_BLOCK) * cin + ci) * CO_BLOCK + co % CO_BLOCK] = weights[co * cin + ci];
             }
         }
+        let (packed, bias) = (Values(Arc::new(packed)), Values(Arc::new(bias)));
         Conv1x1 {
             cin,
             cout,
-            packed: Values(Arc::new(packed)),
-            bias: Values(Arc::new(bias)),
+            packed,
+            bias,
             act: Act::Linear,
             with_n: true,
         }
     }
 }
 
-impl Op for Conv1x1 {
-    fn name(&self) -> StaticName {
-        "LobbyConv1x1".into()
-    }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{} -> {} {}", self.cin, self.cout, self.act.name())])
-    }
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
+impl FastOp for Conv1x1 {
+    const NAME: &'static str = "LobbyConv1x1";
 
-impl EvalOp for Conv1x1 {
-    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
-        Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+    fn describe(&self) -> String {
+        format!("{} -> {} {}", self.cin, self.cout, self.act.name())
     }
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
-        let Some((c, h, w)) = chw(input.shape()) else {
-            bail!("LobbyConv1x1: unexpected input {:?}", input.shape())
-        };
-        ensure!(c == self.cin, "LobbyConv1x1: {c} channels, expected {}", self.cin);
-        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
-        written(&out_shape(self.with_n, self.cout, h, w), |out| {
-            conv1x1(x, out, self, h * w)
-        })
+    fn output_shape(&self, shape: &[usize]) -> Option<TVec<usize>> {
+        let (_, h, w) = chw(shape).filter(|d| d.0 == self.cin)?;
+        Some(out_shape(self.with_n, self.cout, h, w))
     }
-}
 
-impl TypedOp for Conv1x1 {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let Some(shape) = concrete(inputs[0]) else {
-            bail!("LobbyConv1x1 needs a concrete shape")
-        };
-        let Some((_, h, w)) = chw(&shape) else {
-            bail!("LobbyConv1x1: unexpected input {shape:?}")
-        };
-        Ok(tvec![f32::fact(out_shape(self.with_n, self.cout, h, w))])
+    fn write(&self, x: &[f32], shape: &[usize], out: &mut [f32]) {
+        match chw(shape) {
+            Some((_, h, w)) => conv1x1(x, out, self, h * w),
+            None => out.fill(0.0),
+        }
     }
 }
 
@@ -416,90 +384,38 @@ pub struct Conv3x3 {
 /// The most input channels [`Conv3x3`] takes (its taps are gathered per output row).
 const CONV3X3_MAX_CIN: usize = 4;
 
-impl Conv3x3 {
-    fn geometry(&self, h: usize, w: usize) -> Option<Geometry> {
-        let (hp, wp) = (h + self.pad[0] + self.pad[2], w + self.pad[1] + self.pad[3]);
-        if hp < 3 || wp < 3 {
-            return None;
-        }
-        let (ho, wo) = ((hp - 3) / self.stride + 1, (wp - 3) / self.stride + 1);
-        Some(Geometry {
-            h,
-            w,
-            ho,
-            wo,
-            stride: self.stride,
-            top: self.pad[0],
-            left: self.pad[1],
-        })
-    }
-}
+impl FastOp for Conv3x3 {
+    const NAME: &'static str = "LobbyConv3x3";
 
-impl Op for Conv3x3 {
-    fn name(&self) -> StaticName {
-        "LobbyConv3x3".into()
-    }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
+    fn describe(&self) -> String {
+        format!(
             "{} -> {} stride={} pad={:?} {}",
             self.cin,
             self.cout,
             self.stride,
             self.pad,
             self.act.name()
-        )])
-    }
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for Conv3x3 {
-    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
-        Ok(Some(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?))
+        )
     }
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
-        let Some((c, h, w)) = chw(input.shape()) else {
-            bail!("LobbyConv3x3: unexpected input {:?}", input.shape())
+    fn output_shape(&self, shape: &[usize]) -> Option<TVec<usize>> {
+        let (_, h, w) = chw(shape).filter(|d| d.0 == self.cin)?;
+        let g = geometry(h, w, self.stride, self.pad)?;
+        Some(out_shape(self.with_n, self.cout, g.ho, g.wo))
+    }
+
+    fn write(&self, x: &[f32], shape: &[usize], out: &mut [f32]) {
+        let Some((c, h, w)) = chw(shape) else {
+            return out.fill(0.0);
         };
-        ensure!(c == self.cin, "LobbyConv3x3: {c} channels, expected {}", self.cin);
-        let Some(g) = self.geometry(h, w) else {
-            bail!("LobbyConv3x3: input {h}x{w} too small")
+        let Some(g) = geometry(h, w, self.stride, self.pad) else {
+            return out.fill(0.0);
         };
-        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut planes: Vec<TapPlane> = (0..c).map(|_| TapPlane::new(&g)).collect();
         for (tp, xp) in planes.iter_mut().zip(x.chunks_exact(h * w)) {
             tp.load(xp, &g);
         }
-        written(&out_shape(self.with_n, self.cout, g.ho, g.wo), |out| {
-            conv3x3(&planes, out, self, &g)
-        })
-    }
-}
-
-impl TypedOp for Conv3x3 {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let Some(shape) = concrete(inputs[0]) else {
-            bail!("LobbyConv3x3 needs a concrete shape")
-        };
-        let Some((_, h, w)) = chw(&shape) else {
-            bail!("LobbyConv3x3: unexpected input {shape:?}")
-        };
-        let Some(g) = self.geometry(h, w) else {
-            bail!("LobbyConv3x3: input {h}x{w} too small")
-        };
-        Ok(tvec![f32::fact(out_shape(self.with_n, self.cout, g.ho, g.wo))])
+        conv3x3(&planes, out, self, &g);
     }
 }
 
@@ -1647,7 +1563,7 @@ mod tests {
             act: Act::Relu,
             with_n: true,
         };
-        let g = op.geometry(h, w).unwrap();
+        let g = geometry(h, w, op.stride, op.pad).unwrap();
         let x = values(cin * h * w, 7);
         let mut planes: Vec<TapPlane> = (0..cin).map(|_| TapPlane::new(&g)).collect();
         for (tp, xp) in planes.iter_mut().zip(x.chunks_exact(h * w)) {
