@@ -83,7 +83,7 @@ impl Act {
     }
 }
 
-/// The image geometry both ops accept: `[1, C, H, W]` or `[C, H, W]`, returning (C, H, W).
+/// The channels-first image geometry the ops accept: `[1, C, H, W]` or `[C, H, W]`, as (C, H, W).
 fn chw(shape: &[usize]) -> Option<(usize, usize, usize)> {
     match *shape {
         [1, c, h, w] | [c, h, w] => Some((c, h, w)),
@@ -514,10 +514,10 @@ thread_local! {
 
 const POOL_BUFFERS: usize = 8;
 
-/// A zeroed buffer of `n` values, from this thread's pool when it has one.
+/// A buffer of `n` values, from this thread's pool when it has one. Its old contents are left in
+/// place (not zeroed again): [`TapPlane::load`] writes every element before any is read.
 fn scratch(n: usize) -> Vec<f32> {
     let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-    v.clear();
     v.resize(n, 0.0);
     v
 }
