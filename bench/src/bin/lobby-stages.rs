@@ -41,6 +41,10 @@ struct Args {
     /// Only print each model's per-operator profile (tract) and exit.
     #[arg(long)]
     profile: bool,
+    /// With `--profile`: one row per node (id, operator, parameters, input shape), all of them,
+    /// instead of the 8 costliest operators.
+    #[arg(long, requires = "profile")]
+    per_node: bool,
     /// Plan the models with tract's own operators only (no `fastops` rewrite), to measure what the
     /// rewrite buys.
     #[arg(long)]
@@ -85,10 +89,11 @@ fn main() -> Result<()> {
     let vision = Arc::new(Vision::load(&paths, App::vision_config(&settings))?);
     let load_s = t0.elapsed().as_secs_f64();
     if args.profile {
-        for (name, shape, ops) in vision.model_profile(args.model_runs)? {
+        for (name, shape, ops) in vision.model_profile(args.model_runs, args.per_node)? {
             let total: f64 = ops.iter().map(|o| o.2).sum();
             println!("{name} {shape:?}: {total:.2} ms per run");
-            for (op, nodes, ms) in ops.iter().take(8) {
+            let rows = if args.per_node { ops.len() } else { 8 };
+            for (op, nodes, ms) in ops.iter().take(rows) {
                 println!("  {ms:7.2} ms {:5.1} %  {op} ({nodes} nodes)", 100.0 * ms / total);
             }
         }

@@ -654,6 +654,11 @@ unsafe fn depthwise_avx512(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[
 
 fn depthwise(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() && g.stride == 1 && g.top == 1 && g.left == 1 && g.ho == g.h && g.wo == g.w {
+        // SAFETY: the CPU has AVX-512 (checked just above).
+        return unsafe { avx512::depthwise_same(x, out, g, weights, bias, act) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: the CPU has the features the function is compiled for (checked just above).
         return unsafe { depthwise_avx512(x, out, g, weights, bias, act) };
@@ -742,6 +747,61 @@ mod avx512 {
                 _mm512_add_ps(_mm512_max_ps(y, pv), _mm512_mul_ps(_mm512_min_ps(y, nv), sv))
             }
             Act::MaxMul(s) => _mm512_max_ps(y, _mm512_mul_ps(y, _mm512_set1_ps(s.0[co]))),
+        }
+    }
+
+    /// A depthwise 3x3 convolution with stride 1 and one pixel of zero padding on every side (every
+    /// one in YuNet's backbone and MobileFaceNet), straight from the input rows with no bordered copy
+    /// of the plane: two output rows at a time (the four input rows they
+    /// share are loaded once per block of 16 columns), the padding handled by masked loads (a lane
+    /// whose column is outside the row is neither read nor added), the activation fused.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn depthwise_same(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
+        let (h, w) = (g.h, g.w);
+        let (xs, os) = (x.as_ptr(), out.as_mut_ptr());
+        let planes = (x.len() / (h * w)).min(out.len() / (h * w)).min(weights.len() / 9);
+        for ch in 0..planes {
+            let xp = xs.add(ch * h * w);
+            let op = os.add(ch * h * w);
+            let k: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(weights[ch * 9 + t]));
+            let b = _mm512_set1_ps(bias.get(ch).copied().unwrap_or(0.0));
+            let mut oy = 0;
+            while oy < h {
+                let two = oy + 1 < h;
+                let mut j0 = 0;
+                while j0 < w {
+                    let m = lanes(w - j0);
+                    // Tap kx reads column j0 + kx - 1 + lane: lane 0 of kx = 0 is padding at the
+                    // left edge, lanes past the row's end at the right edge.
+                    let tap_mask = [
+                        if j0 == 0 { m & !1 } else { m },
+                        m,
+                        lanes((w - j0).saturating_sub(1)) & m,
+                    ];
+                    let (mut a0, mut a1) = (b, b);
+                    for r in 0..4 {
+                        let Some(iy) = (oy + r).checked_sub(1).filter(|iy| *iy < h) else {
+                            continue;
+                        };
+                        let row = xp.add(iy * w + j0);
+                        for kx in 0..3 {
+                            let v = _mm512_maskz_loadu_ps(tap_mask[kx], row.wrapping_add(kx).wrapping_sub(1));
+                            if r < 3 {
+                                a0 = _mm512_fmadd_ps(k[r * 3 + kx], v, a0);
+                            }
+                            if two && r >= 1 {
+                                a1 = _mm512_fmadd_ps(k[(r - 1) * 3 + kx], v, a1);
+                            }
+                        }
+                    }
+                    _mm512_mask_storeu_ps(op.add(oy * w + j0), m, epilogue(act, ch, a0));
+                    if two {
+                        _mm512_mask_storeu_ps(op.add((oy + 1) * w + j0), m, epilogue(act, ch, a1));
+                    }
+                    j0 += 16;
+                }
+                oy += 2;
+            }
         }
     }
 
@@ -1499,6 +1559,23 @@ mod tests {
                 let (a, b, _, _) = both_ways(3, h, w, stride, pad, false, false);
                 assert_close(&a, &b);
             }
+        }
+    }
+
+    /// The stride-1, padding-1 kernel works in blocks of 16 columns and pairs of rows with masked
+    /// edges: rows narrower, as wide as and wider than a block (and not a multiple of it), odd and
+    /// even heights, one row and one column, with every activation and in both layouts.
+    #[test]
+    fn stride_one_rows_of_any_width_match_tract() {
+        for (h, w) in [(9, 37), (6, 16), (5, 17), (4, 32), (1, 20), (7, 1), (2, 2), (11, 63)] {
+            for act in [TAct::Linear, TAct::Relu, TAct::SplitPrelu, TAct::MaxMul] {
+                let (a, b, swapped, _) = both_ways_conv(Kind::Depthwise, 5, 5, h, w, 1, [1; 4], act, false);
+                assert!(swapped >= 1, "nothing swapped for {h}x{w}");
+                assert_close(&a, &b);
+            }
+            let (a, b, swapped, _) = both_ways_conv(Kind::DepthwiseNhwc, 3, 3, h, w, 1, [1; 4], TAct::Linear, false);
+            assert!(swapped >= 1, "nothing swapped for {h}x{w}, channels last");
+            assert_close(&a, &b);
         }
     }
 

@@ -206,11 +206,22 @@ impl Vision {
     }
 
     /// Per-operator profile of each model at the shapes of [`Vision::model_latency`]: (name, input
-    /// shape, [(operator, nodes, ms per run)] largest first).
-    pub fn model_profile(&self, runs: usize) -> Result<Vec<PerModel<Vec<runtime::OpTime>>>, VisionError> {
+    /// shape, [(operator, nodes, ms per run)] largest first); with `per_node`, one row per node
+    /// (its id, operator, parameters and input shape) instead of one per operator.
+    pub fn model_profile(
+        &self,
+        runs: usize,
+        per_node: bool,
+    ) -> Result<Vec<PerModel<Vec<runtime::OpTime>>>, VisionError> {
         self.kiosk_plans()?
             .into_iter()
-            .map(|(name, shape, plan)| Ok((name, shape.clone(), runtime::profile_plan(&plan, &shape, runs)?)))
+            .map(|(name, shape, plan)| {
+                Ok((
+                    name,
+                    shape.clone(),
+                    runtime::profile_plan(&plan, &shape, runs, per_node)?,
+                ))
+            })
             .collect()
     }
 

@@ -399,7 +399,7 @@ pub fn time_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<f64>, 
 
 /// Where `plan`'s time goes: milliseconds per run spent in each operator kind (summed over its nodes,
 /// averaged over `runs` runs after a warm-up), largest first, with the node count.
-pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<OpTime>, VisionError> {
+pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize, per_node: bool) -> Result<Vec<OpTime>, VisionError> {
     use std::collections::HashMap;
     use tract_onnx::tract_core::plan::{eval, SimpleState};
     let input = constant_input(shape)?;
@@ -409,9 +409,16 @@ pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<OpT
         state
             .run_plan_with_eval(tvec!(input.clone()), |ctx, st, node, inputs| {
                 let t = std::time::Instant::now();
+                let key = if per_node {
+                    let info = node.op().info().unwrap_or_default().join(", ");
+                    let shape = inputs.first().map(|i| i.shape().to_vec()).unwrap_or_default();
+                    format!("#{:03} {} {info} on {shape:?}", node.id, node.op().name())
+                } else {
+                    node.op().name().to_string()
+                };
                 let r = eval(ctx, st, node, inputs);
                 if k > 0 {
-                    let e = by_op.entry(node.op().name().to_string()).or_default();
+                    let e = by_op.entry(key).or_default();
                     e.0.insert(node.id);
                     e.1 += t.elapsed().as_secs_f64() * 1000.0;
                 }
