@@ -319,6 +319,9 @@ pub struct Conv1x1 {
     /// Whether the output is `[1, C, H, W]` rather than `[C, H, W]` (tract's declutter moves the batch
     /// axis of a batch of one in and out of its einsums).
     with_n: bool,
+    /// Channels last out (`[1, H, W, C]`: YuNet's heads, whose layout tract's declutter moved): the
+    /// kernel's channels-first result is transposed into it.
+    nhwc_out: bool,
 }
 
 const CO_BLOCK: usize = 8;
@@ -339,6 +342,7 @@ impl Conv1x1 {
             bias,
             act: Act::Linear,
             with_n: true,
+            nhwc_out: false,
         }
     }
 }
@@ -347,18 +351,29 @@ impl FastOp for Conv1x1 {
     const NAME: &'static str = "LobbyConv1x1";
 
     fn describe(&self) -> String {
-        format!("{} -> {} {}", self.cin, self.cout, self.act.name())
+        let layout = if self.nhwc_out { " nhwc out" } else { "" };
+        format!("{} -> {} {}{layout}", self.cin, self.cout, self.act.name())
     }
 
     fn output_shape(&self, shape: &[usize]) -> Option<TVec<usize>> {
         let (_, h, w) = chw(shape).filter(|d| d.0 == self.cin)?;
-        Some(out_shape(self.with_n, self.cout, h, w))
+        Some(if self.nhwc_out {
+            tvec![1, h, w, self.cout]
+        } else {
+            out_shape(self.with_n, self.cout, h, w)
+        })
     }
 
     fn write(&self, x: &[f32], shape: &[usize], out: &mut [f32]) {
-        match chw(shape) {
-            Some((_, h, w)) => conv1x1(x, out, self, h * w),
-            None => out.fill(0.0),
+        let Some((_, h, w)) = chw(shape) else {
+            return out.fill(0.0);
+        };
+        if self.nhwc_out {
+            let mut chw_out = vec![0f32; out.len()];
+            conv1x1(x, &mut chw_out, self, h * w);
+            out.copy_from_slice(&transpose(&chw_out, self.cout, h * w));
+        } else {
+            conv1x1(x, out, self, h * w);
         }
     }
 }
@@ -999,15 +1014,30 @@ fn const_f32(model: &TypedModel, outlet: OutletId) -> Option<Vec<f32>> {
 
 /// `next` as `op(x, k)` (either operand order) for a binary operator named `op` and a constant `k`
 /// (`x` read on `slot`): `k`'s values, spread to `c` when `k` is a scalar. Per-channel constants are
-/// `[1, c, 1, 1]` or `[c, 1, 1]`.
+/// `[1, c, 1, 1]` or `[c, 1, 1]` (channels last: `[1, 1, 1, c]`, `[1, 1, c]` or `[c]`).
 fn with_const(model: &TypedModel, next: &TypedNode, slot: usize, op: &str, c: usize) -> Option<Vec<f32>> {
+    with_const_in(model, next, slot, op, c, false)
+}
+
+fn with_const_in(
+    model: &TypedModel,
+    next: &TypedNode,
+    slot: usize,
+    op: &str,
+    c: usize,
+    channels_last: bool,
+) -> Option<Vec<f32>> {
     let bin = next.op_as::<TypedBinOp>()?;
     if bin.0.name() != op || next.inputs.len() != 2 || bin.1.is_some() {
         return None;
     }
     let k = model.outlet_fact(next.inputs[1 - slot]).ok()?.konst.clone()?;
     let shape = k.shape();
-    let per_channel = matches!(shape, [1, n, 1, 1] | [n, 1, 1] if *n == c);
+    let per_channel = if channels_last {
+        matches!(shape, [1, 1, 1, n] | [1, 1, n] | [n] if *n == c)
+    } else {
+        matches!(shape, [1, n, 1, 1] | [n, 1, 1] if *n == c)
+    };
     if k.datum_type() != f32::datum_type() || !(per_channel || (k.len() == 1 && shape.len() <= 4)) {
         return None;
     }
@@ -1186,26 +1216,39 @@ fn sole_successor(model: &TypedModel, node: &TypedNode) -> Option<(usize, usize)
 }
 
 /// `next` as `x * s` or `x + s` for a constant `s` (see [`with_const`]): the operator and `s`.
-fn per_channel(model: &TypedModel, next: &TypedNode, slot: usize, c: usize) -> Option<(&'static str, Vec<f32>)> {
+fn per_channel(
+    model: &TypedModel,
+    next: &TypedNode,
+    slot: usize,
+    c: usize,
+    channels_last: bool,
+) -> Option<(&'static str, Vec<f32>)> {
     ["Mul", "Add"]
         .into_iter()
-        .find_map(|op| Some((op, with_const(model, next, slot, op, c)?)))
+        .find_map(|op| Some((op, with_const_in(model, next, slot, op, c, channels_last)?)))
 }
 
 /// A 1x1 convolution as tract declutters it — `EinSum` `NIHW,OI->NOHW` (or `IHW,OI->OHW`) with a
-/// constant `[O, I]` kernel — with the per-channel `Mul` / `Add` nodes after it (its bias, a folded
-/// batch norm) folded into its weights and bias. Returns the op and the last node it replaces.
+/// constant `[O, I]` kernel, or with a channels-last output (`..->NHWO`, YuNet's heads; a kernel of
+/// one output channel is then `[I]`) — with the per-channel `Mul` / `Add` nodes after it (its bias, a
+/// folded batch norm) folded into its weights and bias. Returns the op and the last node it replaces.
 fn conv1x1_op(model: &TypedModel, node: &TypedNode) -> Option<(Conv1x1, usize)> {
     let es = node.op_as::<EinSum>()?;
     let axes = es.axes.to_string();
     let layouts = ["NIHW,OI->NOHW", "IHW,OI->NOHW", "NIHW,OI->OHW", "IHW,OI->OHW"];
-    if !layouts.contains(&axes.as_str()) || es.q_params.is_some() || node.inputs.len() != 2 {
+    let nhwc_layouts = ["NIHW,OI->NHWO", "IHW,OI->NHWO", "NIHW,I->NHWO", "IHW,I->NHWO"];
+    let nhwc_out = nhwc_layouts.contains(&axes.as_str());
+    if !(nhwc_out || layouts.contains(&axes.as_str())) || es.q_params.is_some() || node.inputs.len() != 2 {
         return None;
     }
     let fact = model.outlet_fact(node.inputs[0]).ok()?;
     let (cin, _, _) = chw(&concrete(fact)?)?;
     let kshape = concrete(model.outlet_fact(node.inputs[1]).ok()?)?;
-    let [cout, kin] = kshape[..] else { return None };
+    let (cout, kin) = match kshape[..] {
+        [cout, kin] => (cout, kin),
+        [kin] if axes.contains(",I->") => (1, kin),
+        _ => return None,
+    };
     if fact.datum_type != f32::datum_type() || kin != cin {
         return None;
     }
@@ -1213,7 +1256,7 @@ fn conv1x1_op(model: &TypedModel, node: &TypedNode) -> Option<(Conv1x1, usize)> 
     let mut bias = vec![0f32; cout];
     let mut last = node.id;
     while let Some((next, slot)) = sole_successor(model, model.node(last)) {
-        let Some((op, v)) = per_channel(model, model.node(next), slot, cout) else {
+        let Some((op, v)) = per_channel(model, model.node(next), slot, cout, nhwc_out) else {
             break;
         };
         if op == "Mul" {
@@ -1226,7 +1269,9 @@ fn conv1x1_op(model: &TypedModel, node: &TypedNode) -> Option<(Conv1x1, usize)> 
         }
         last = next;
     }
-    Some((Conv1x1::new(cin, cout, &weights, bias), last))
+    let mut op = Conv1x1::new(cin, cout, &weights, bias);
+    op.nhwc_out = nhwc_out;
+    Some((op, last))
 }
 
 fn is_maxpool_2x2(model: &TypedModel, node: &TypedNode) -> bool {
@@ -1290,7 +1335,10 @@ pub fn rewrite(mut model: TypedModel) -> TractResult<(TypedModel, usize)> {
             op.with_n = rank4(&model, last);
             swap(&mut model, input, last, &name, op)?
         } else if let Some((mut op, end)) = conv1x1_op(&model, node).filter(|_| conv1x1_too) {
-            let (act, last) = activation_after(&model, model.node(end), op.cout);
+            let (act, last) = match activation_after(&model, model.node(end), op.cout) {
+                (act, last) if !op.nhwc_out || matches!(act, Act::Linear | Act::Relu) => (act, last),
+                _ => (Act::Linear, end),
+            };
             op.act = act;
             op.with_n = rank4(&model, last);
             swap(&mut model, input, last, &name, op)?
@@ -1499,6 +1547,66 @@ mod tests {
         assert_eq!(a.len(), b.len());
         let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-4, "max |diff| {worst}");
+    }
+
+    /// A 1x1 convolution whose output is moved to channels last (as YuNet's heads are: Conv then
+    /// Transpose); tract's declutter folds the move into the einsum (`..->NHWO`), which is swapped
+    /// for a [`Conv1x1`] writing channels last — one output channel (a `[I]` kernel) and several.
+    #[test]
+    fn pointwise_conv_with_channels_last_output_matches_tract() {
+        use tract_onnx::tract_core::ops::cnn::PoolSpec;
+        for (c, cout, h, w) in [(64, 1, 12, 15), (64, 4, 9, 7), (16, 10, 5, 33), (3, 13, 1, 1)] {
+            let mut m = TypedModel::default();
+            let x = m.add_source("x", f32::fact([1, c, h, w])).unwrap();
+            let arr = |shape: Vec<usize>, seed| {
+                let n = shape.iter().product();
+                tract_ndarray::ArrayD::from_shape_vec(shape, values(n, seed))
+                    .unwrap()
+                    .into_tensor()
+            };
+            let k = m.add_const("k", arr(vec![cout, c, 1, 1], 1)).unwrap();
+            let b = m.add_const("b", arr(vec![cout], 2)).unwrap();
+            let spec = PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![1, 1],
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: Some(tvec![1, 1]),
+                input_channels: c,
+                output_channels: cout,
+            };
+            let conv = Conv {
+                pool_spec: spec,
+                kernel_fmt: KernelFormat::OIHW,
+                group: 1,
+                q_params: None,
+            };
+            let y = m.wire_node("conv", conv, &[x, k, b]).unwrap()[0];
+            let y = m.wire_node("nhwc", AxisOp::Move(1, 3), &[y]).unwrap()[0];
+            m.select_output_outlets(&[y]).unwrap();
+            let input = arr(vec![1, c, h, w], 3);
+            let run = |m: TypedModel| -> Vec<f32> {
+                let out = m.into_optimized().unwrap().into_runnable().unwrap();
+                let out = out.run(tvec![input.clone().into_tvalue()]).unwrap();
+                out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+            };
+            let decluttered = m.into_decluttered().unwrap();
+            let (fast, swapped) = rewrite(decluttered.clone()).unwrap();
+            if has_avx512() {
+                let nhwc = fast
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.op_as::<Conv1x1>())
+                    .filter(|o| o.nhwc_out)
+                    .count();
+                assert_eq!(
+                    (swapped, nhwc),
+                    (1, 1),
+                    "{c} -> {cout} on {h}x{w}: swapped for a channels-last 1x1"
+                );
+            }
+            assert_close(&run(decluttered), &run(fast));
+        }
     }
 
     #[test]
