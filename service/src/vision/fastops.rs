@@ -223,6 +223,8 @@ pub struct Depthwise3x3 {
     /// Channels last (`[1, H, W, C]` / `[H, W, C]`, where tract's declutter moved a detection head's
     /// layout): the image is transposed to channels first and back around the kernel.
     nhwc: bool,
+    /// The 2x2/stride-2 max-pool after it fused (channels first only).
+    pool: bool,
 }
 
 impl Depthwise3x3 {
@@ -243,20 +245,25 @@ impl FastOp for Depthwise3x3 {
 
     fn describe(&self) -> String {
         format!(
-            "c={} stride={} pad={:?} {} nhwc={}",
+            "c={} stride={} pad={:?} {} nhwc={}{}",
             self.channels,
             self.stride,
             self.pad,
             self.act.name(),
-            self.nhwc
+            self.nhwc,
+            if self.pool { " + max-pool 2x2" } else { "" }
         )
     }
 
     fn output_shape(&self, shape: &[usize]) -> Option<TVec<usize>> {
         let (c, h, w) = self.dims(shape).filter(|d| d.0 == self.channels)?;
         let g = geometry(h, w, self.stride, self.pad)?;
+        let (ho, wo) = if self.pool { (g.ho / 2, g.wo / 2) } else { (g.ho, g.wo) };
+        if ho == 0 || wo == 0 {
+            return None;
+        }
         Some(match (self.nhwc, self.with_n) {
-            (false, n) => out_shape(n, c, g.ho, g.wo),
+            (false, n) => out_shape(n, c, ho, wo),
             (true, true) => tvec![1, g.ho, g.wo, c],
             (true, false) => tvec![g.ho, g.wo, c],
         })
@@ -274,6 +281,8 @@ impl FastOp for Depthwise3x3 {
             let mut chw_out = vec![0f32; out.len()];
             depthwise(&transpose(x, h * w, c), &mut chw_out, &g, weights, bias, &self.act);
             out.copy_from_slice(&transpose(&chw_out, c, g.ho * g.wo));
+        } else if self.pool {
+            depthwise_pooled(x, out, &g, weights, bias, &self.act);
         } else {
             depthwise(x, out, &g, weights, bias, &self.act);
         }
@@ -667,11 +676,16 @@ unsafe fn depthwise_avx512(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[
     depthwise_impl::<true>(x, out, g, weights, bias, act)
 }
 
+/// Stride 1 and one pixel of zero padding on every side: the output is as large as the input.
+fn same_padding_stride_1(g: &Geometry) -> bool {
+    g.stride == 1 && g.top == 1 && g.left == 1 && g.ho == g.h && g.wo == g.w
+}
+
 fn depthwise(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() && g.stride == 1 && g.top == 1 && g.left == 1 && g.ho == g.h && g.wo == g.w {
+    if has_avx512() && same_padding_stride_1(g) {
         // SAFETY: the CPU has AVX-512 (checked just above).
-        return unsafe { avx512::depthwise_same(x, out, g, weights, bias, act) };
+        return unsafe { avx512::depthwise_same(x, out, g, weights, bias, act, false) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
@@ -684,6 +698,20 @@ fn depthwise(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[
         return unsafe { depthwise_avx2(x, out, g, weights, bias, act) };
     }
     depthwise_impl::<false>(x, out, g, weights, bias, act)
+}
+
+/// [`depthwise`] followed by a 2x2/stride-2 max-pool: fused on AVX-512 for stride 1 and padding 1
+/// (YuNet's backbone), otherwise the two kernels one after the other.
+fn depthwise_pooled(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && same_padding_stride_1(g) {
+        // SAFETY: the CPU has AVX-512 (checked just above).
+        return unsafe { avx512::depthwise_same(x, out, g, weights, bias, act, true) };
+    }
+    let c = x.len() / (g.h * g.w);
+    let mut full = vec![0f32; c * g.ho * g.wo];
+    depthwise(x, &mut full, g, weights, bias, act);
+    maxpool(&full, out, c, g.ho, g.wo);
 }
 
 #[inline(always)]
@@ -771,17 +799,35 @@ mod avx512 {
     /// share are loaded once per block of 16 columns), the padding handled by masked loads (a lane
     /// whose column is outside the row is neither read nor added), the activation fused.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn depthwise_same(x: &[f32], out: &mut [f32], g: &Geometry, weights: &[f32], bias: &[f32], act: &Act) {
+    ///
+    /// With `pool`, the 2x2/stride-2 max-pool after it is fused (floor mode, as
+    /// [`super::MaxPool2x2`]): each pair of rows is reduced to its maximum in a row buffer, and
+    /// adjacent columns of that to the pooled row; the full-size output is never written.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn depthwise_same(
+        x: &[f32],
+        out: &mut [f32],
+        g: &Geometry,
+        weights: &[f32],
+        bias: &[f32],
+        act: &Act,
+        pool: bool,
+    ) {
         let (h, w) = (g.h, g.w);
         let (xs, os) = (x.as_ptr(), out.as_mut_ptr());
-        let planes = (x.len() / (h * w)).min(out.len() / (h * w)).min(weights.len() / 9);
+        let oplane = if pool { (h / 2) * (w / 2) } else { h * w };
+        let planes = (x.len() / (h * w))
+            .min(out.len() / oplane.max(1))
+            .min(weights.len() / 9);
+        let rows = if pool { h / 2 * 2 } else { h };
+        let mut pair_max = vec![0f32; if pool { w.next_multiple_of(16) } else { 0 }];
         for ch in 0..planes {
             let xp = xs.add(ch * h * w);
-            let op = os.add(ch * h * w);
+            let op = os.add(ch * oplane);
             let k: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(weights[ch * 9 + t]));
             let b = _mm512_set1_ps(bias.get(ch).copied().unwrap_or(0.0));
             let mut oy = 0;
-            while oy < h {
+            while oy < rows {
                 let two = oy + 1 < h;
                 let mut j0 = 0;
                 while j0 < w {
@@ -809,11 +855,22 @@ mod avx512 {
                             }
                         }
                     }
-                    _mm512_mask_storeu_ps(op.add(oy * w + j0), m, epilogue(act, ch, a0));
-                    if two {
-                        _mm512_mask_storeu_ps(op.add((oy + 1) * w + j0), m, epilogue(act, ch, a1));
+                    let (y0, y1) = (epilogue(act, ch, a0), epilogue(act, ch, a1));
+                    if pool {
+                        _mm512_storeu_ps(pair_max.as_mut_ptr().add(j0), _mm512_max_ps(y0, y1));
+                    } else {
+                        _mm512_mask_storeu_ps(op.add(oy * w + j0), m, y0);
+                        if two {
+                            _mm512_mask_storeu_ps(op.add((oy + 1) * w + j0), m, y1);
+                        }
                     }
                     j0 += 16;
+                }
+                if pool {
+                    let prow = std::slice::from_raw_parts_mut(op.add(oy / 2 * (w / 2)), w / 2);
+                    for (o, pair) in prow.iter_mut().zip(pair_max.chunks_exact(2)) {
+                        *o = pair[0].max(pair[1]);
+                    }
                 }
                 oy += 2;
             }
@@ -1154,6 +1211,7 @@ fn depthwise_op(model: &TypedModel, node: &TypedNode) -> Option<Depthwise3x3> {
         act: Act::Linear,
         with_n: true,
         nhwc,
+        pool: false,
     })
 }
 
@@ -1327,11 +1385,17 @@ pub fn rewrite(mut model: TypedModel) -> TractResult<(TypedModel, usize)> {
         let name = node.name.clone();
         let done = if let Some(mut op) = depthwise_op(&model, node) {
             // Per-channel constants are matched in the channels-first layout only.
-            let (act, last) = match activation_after(&model, node, op.channels) {
+            let (act, mut last) = match activation_after(&model, node, op.channels) {
                 (act, last) if !op.nhwc || matches!(act, Act::Linear | Act::Relu) => (act, last),
                 _ => (Act::Linear, id),
             };
             op.act = act;
+            if let Some((next, _)) = sole_successor(&model, model.node(last)).filter(|_| !op.nhwc) {
+                if is_maxpool_2x2(&model, model.node(next)) {
+                    op.pool = true;
+                    last = next;
+                }
+            }
             op.with_n = rank4(&model, last);
             swap(&mut model, input, last, &name, op)?
         } else if let Some((mut op, end)) = conv1x1_op(&model, node).filter(|_| conv1x1_too) {
@@ -1672,13 +1736,19 @@ mod tests {
 
     /// The stride-1, padding-1 kernel works in blocks of 16 columns and pairs of rows with masked
     /// edges: rows narrower, as wide as and wider than a block (and not a multiple of it), odd and
-    /// even heights, one row and one column, with every activation and in both layouts.
+    /// even heights, one row and one column, with every activation, with the max-pool after it fused,
+    /// and in both layouts.
     #[test]
     fn stride_one_rows_of_any_width_match_tract() {
         for (h, w) in [(9, 37), (6, 16), (5, 17), (4, 32), (1, 20), (7, 1), (2, 2), (11, 63)] {
             for act in [TAct::Linear, TAct::Relu, TAct::SplitPrelu, TAct::MaxMul] {
                 let (a, b, swapped, _) = both_ways_conv(Kind::Depthwise, 5, 5, h, w, 1, [1; 4], act, false);
                 assert!(swapped >= 1, "nothing swapped for {h}x{w}");
+                assert_close(&a, &b);
+            }
+            if h >= 2 && w >= 2 {
+                let (a, b, swapped, _) = both_ways_conv(Kind::Depthwise, 5, 5, h, w, 1, [1; 4], TAct::Relu, true);
+                assert_eq!(swapped, 1, "{h}x{w}: the pool is fused");
                 assert_close(&a, &b);
             }
             let (a, b, swapped, _) = both_ways_conv(Kind::DepthwiseNhwc, 3, 3, h, w, 1, [1; 4], TAct::Linear, false);
@@ -1688,10 +1758,10 @@ mod tests {
     }
 
     #[test]
-    fn the_rewrite_fuses_the_relu_and_swaps_the_pool() {
+    fn the_rewrite_fuses_the_relu_and_the_pool() {
         let (a, b, swapped, binops) = both_ways(4, 16, 20, 1, [1, 1, 1, 1], true, true);
         assert_eq!(binops, 0);
-        assert_eq!(swapped, 2, "the depthwise conv (with its ReLU) and the pool");
+        assert_eq!(swapped, 1, "the depthwise conv, with its ReLU and the pool after it");
         assert_close(&a, &b);
         assert!(b.iter().all(|v| *v >= 0.0));
     }
