@@ -435,6 +435,12 @@ impl FastOp for Conv3x3 {
         let Some(g) = geometry(h, w, self.stride, self.pad) else {
             return out.fill(0.0);
         };
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() && g.stride == 2 && g.top <= 1 && g.left <= 1 {
+            // SAFETY: the CPU has AVX-512F (checked just above); `x` is `c x h x w` and `out` this
+            // op's output (shapes checked by eval against `output_shape`).
+            return unsafe { avx512::conv3x3_stride2(x, out, self, &g) };
+        }
         let mut planes: Vec<TapPlane> = (0..c).map(|_| TapPlane::new(&g)).collect();
         for (tp, xp) in planes.iter_mut().zip(x.chunks_exact(h * w)) {
             tp.load(xp, &g);
@@ -996,6 +1002,104 @@ mod avx512 {
     /// # Safety
     /// The CPU must have AVX-512F; `planes` are the op's `cin` input channels laid out for `g`, and
     /// `out` holds `op.cout * g.ho * g.wo` values.
+    /// Lanes `l` of a 16-lane load starting at column `start` that fall inside a row of `w`.
+    #[inline(always)]
+    fn cols_inside(start: isize, w: usize) -> __mmask16 {
+        let first = (-start).clamp(0, 16) as usize;
+        let end = (w as isize - start).clamp(0, 16) as usize;
+        lanes(end) & !lanes(first)
+    }
+
+    /// [`Conv3x3`] with stride 2 (YuNet's first layer) straight from the input rows, with no tap
+    /// planes: each tap's 16 inputs (every other column) are two masked loads (columns outside the
+    /// row, the zero padding, are neither read nor added) and one even-lane permute; 16 output
+    /// channels (or 8 and fewer for the rest) accumulate in registers.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn conv3x3_stride2(x: &[f32], out: &mut [f32], op: &Conv3x3, g: &Geometry) {
+        for oy in 0..g.ho {
+            let rows: [Option<usize>; 3] =
+                std::array::from_fn(|ky| (2 * oy + ky).checked_sub(g.top).filter(|iy| *iy < g.h));
+            let mut co0 = 0;
+            while co0 < op.cout {
+                let nco = if op.cout - co0 >= 16 {
+                    16
+                } else {
+                    (op.cout - co0).min(CO_BLOCK)
+                };
+                let mut ox0 = 0;
+                while ox0 < g.wo {
+                    let a = (x, &mut *out, op, g, rows, oy, co0, ox0);
+                    match nco {
+                        16 => block3s2::<16>(a),
+                        8 => block3s2::<8>(a),
+                        7 => block3s2::<7>(a),
+                        6 => block3s2::<6>(a),
+                        5 => block3s2::<5>(a),
+                        4 => block3s2::<4>(a),
+                        3 => block3s2::<3>(a),
+                        2 => block3s2::<2>(a),
+                        _ => block3s2::<1>(a),
+                    }
+                    ox0 += 16;
+                }
+                co0 += nco;
+            }
+        }
+    }
+
+    type Block3s2<'a> = (
+        &'a [f32],
+        &'a mut [f32],
+        &'a Conv3x3,
+        &'a Geometry,
+        [Option<usize>; 3],
+        usize,
+        usize,
+        usize,
+    );
+
+    /// Output channels `co0..co0 + NCO` (`co0` a multiple of 8) at columns `ox0..ox0 + 16` of row `oy`.
+    #[inline(always)]
+    unsafe fn block3s2<const NCO: usize>((x, out, op, g, rows, oy, co0, ox0): Block3s2) {
+        let (h, w, cin) = (g.h, g.w, op.cin);
+        let m = lanes(g.wo - ox0);
+        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        // The packed weights of co0's block of 8 and of the next one (read only when NCO > 8).
+        let blk = op.packed.0.as_ptr().wrapping_add(co0 / CO_BLOCK * cin * 9 * CO_BLOCK);
+        let next = blk.wrapping_add(cin * 9 * CO_BLOCK);
+        let mut acc = [_mm512_setzero_ps(); NCO];
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_set1_ps(op.bias.0[co0 + j]);
+        }
+        for ci in 0..cin {
+            let xp = x.as_ptr().add(ci * h * w);
+            for (ky, iy) in rows.iter().enumerate() {
+                let Some(iy) = *iy else { continue };
+                let r = xp.add(iy * w);
+                for kx in 0..3 {
+                    let start = (2 * ox0 + kx) as isize - g.left as isize;
+                    let lo = _mm512_maskz_loadu_ps(cols_inside(start, w), r.wrapping_offset(start));
+                    let hi = _mm512_maskz_loadu_ps(cols_inside(start + 16, w), r.wrapping_offset(start + 16));
+                    let v = _mm512_permutex2var_ps(lo, even, hi);
+                    let t = (ci * 3 + ky) * 3 + kx;
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let wt = if j < CO_BLOCK {
+                            blk.add(t * CO_BLOCK + j)
+                        } else {
+                            next.add(t * CO_BLOCK + j - CO_BLOCK)
+                        };
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*wt), v, *a);
+                    }
+                }
+            }
+        }
+        let plane = g.ho * g.wo;
+        for (j, a) in acc.iter().enumerate() {
+            let y = epilogue(&op.act, co0 + j, *a);
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add((co0 + j) * plane + oy * g.wo + ox0), m, y);
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn conv3x3(planes: &[TapPlane], out: &mut [f32], op: &Conv3x3, g: &Geometry) {
         let outp = out.as_mut_ptr();
@@ -1785,9 +1889,9 @@ mod tests {
 
     #[test]
     fn first_layer_conv_matches_tract() {
-        for (cin, cout) in [(3, 16), (1, 5), (4, 9)] {
+        for (cin, cout) in [(3, 16), (1, 5), (4, 9), (3, 27)] {
             for (stride, pad) in [(2, [1, 1, 1, 1]), (1, [1, 1, 1, 1]), (2, [0, 0, 1, 1]), (1, [0; 4])] {
-                for (h, w) in [(12, 20), (7, 33), (3, 3)] {
+                for (h, w) in [(12, 20), (7, 33), (3, 3), (9, 70)] {
                     for act in [TAct::Linear, TAct::Relu, TAct::SplitPrelu] {
                         let (a, b, swapped, binops) =
                             both_ways_conv(Kind::Full3x3, cin, cout, h, w, stride, pad, act, false);
