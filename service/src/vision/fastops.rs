@@ -1,6 +1,7 @@
 //! Load-time replacements for the tract operators our models spend their time in: 3x3 depthwise
-//! convolutions (channels first, or last as in YuNet's heads), 1x1 convolutions, the first layer's
-//! 3x3 convolution over the colour channels, and 2x2/stride-2 max-pools, each on one f32 image. The
+//! convolutions (channels first, or last as in YuNet's heads), 1x1 convolutions (with a channels-last
+//! output too, as in YuNet's heads), the first layer's 3x3 convolution over the colour channels, and
+//! 2x2/stride-2 max-pools, each on one f32 image. The
 //! activation that follows a convolution (ReLU, or PRelu in either spelling our graphs use) and the
 //! per-channel `Mul` / `Add` after a 1x1 convolution are fused into it.
 //!
@@ -10,7 +11,9 @@
 //! exactly (another kernel size, dilation, padding wider than 1, a batch of more than one, quantised
 //! types, a tensor also read as a model output) keeps tract's op. The 1x1 and full 3x3 kernels are
 //! written for AVX-512 and swapped in only on CPUs that have it; the depthwise and pooling kernels
-//! are plain Rust compiled for AVX2/AVX-512 (chosen at run time) or the baseline.
+//! are plain Rust compiled for AVX2/AVX-512 (chosen at run time) or the baseline, and on AVX-512 the
+//! stride-1 depthwise convolutions (with a following 2x2 max-pool fused) and the stride-2 first
+//! layer run hand-written kernels that read the input rows directly, with no bordered copies.
 //!
 //! The arithmetic is the same as tract's (the same products and sums per output; only their order
 //! may differ), so outputs agree to float rounding: unit tests on small graphs below, and
