@@ -439,9 +439,10 @@ impl FastOp for Conv3x3 {
             return out.fill(0.0);
         };
         #[cfg(target_arch = "x86_64")]
-        if has_avx512() && g.stride == 2 && g.top <= 1 && g.left <= 1 {
-            // SAFETY: the CPU has AVX-512F (checked just above); `x` is `c x h x w` and `out` this
-            // op's output (shapes checked by eval against `output_shape`).
+        let sizes_fit = x.len() >= self.cin * h * w && out.len() >= self.cout * g.ho * g.wo;
+        if has_avx512() && g.stride == 2 && g.top <= 1 && g.left <= 1 && sizes_fit {
+            // SAFETY: the CPU has AVX-512F and the buffers hold `cin x h x w` inputs and
+            // `cout x ho x wo` outputs (both checked just above).
             return unsafe { avx512::conv3x3_stride2(x, out, self, &g) };
         }
         let mut planes: Vec<TapPlane> = (0..c).map(|_| TapPlane::new(&g)).collect();
@@ -807,11 +808,13 @@ mod avx512 {
     /// of the plane: two output rows at a time (the four input rows they
     /// share are loaded once per block of 16 columns), the padding handled by masked loads (a lane
     /// whose column is outside the row is neither read nor added), the activation fused.
-    #[target_feature(enable = "avx512f")]
     ///
     /// With `pool`, the 2x2/stride-2 max-pool after it is fused (floor mode, as
     /// [`super::MaxPool2x2`]): each pair of rows is reduced to its maximum in a row buffer, and
     /// adjacent columns of that to the pooled row; the full-size output is never written.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F. (Only whole planes that fit `x` and `out` are computed.)
     #[target_feature(enable = "avx512f")]
     pub unsafe fn depthwise_same(
         x: &[f32],
@@ -1002,9 +1005,6 @@ mod avx512 {
         }
     }
 
-    /// # Safety
-    /// The CPU must have AVX-512F; `planes` are the op's `cin` input channels laid out for `g`, and
-    /// `out` holds `op.cout * g.ho * g.wo` values.
     /// Lanes `l` of a 16-lane load starting at column `start` that fall inside a row of `w`.
     #[inline(always)]
     fn cols_inside(start: isize, w: usize) -> __mmask16 {
@@ -1017,6 +1017,10 @@ mod avx512 {
     /// planes: each tap's 16 inputs (every other column) are two masked loads (columns outside the
     /// row, the zero padding, are neither read nor added) and one even-lane permute; 16 output
     /// channels (or 8 and fewer for the rest) accumulate in registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `x` holds `op.cin * g.h * g.w` values and `out`
+    /// `op.cout * g.ho * g.wo`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn conv3x3_stride2(x: &[f32], out: &mut [f32], op: &Conv3x3, g: &Geometry) {
         for oy in 0..g.ho {
@@ -1103,6 +1107,9 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512F; `planes` are the op's `cin` input channels laid out for `g`, and
+    /// `out` holds `op.cout * g.ho * g.wo` values.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn conv3x3(planes: &[TapPlane], out: &mut [f32], op: &Conv3x3, g: &Geometry) {
         let outp = out.as_mut_ptr();
