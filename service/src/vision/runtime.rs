@@ -398,7 +398,8 @@ pub fn time_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<f64>, 
 }
 
 /// Where `plan`'s time goes: milliseconds per run spent in each operator kind (summed over its nodes,
-/// averaged over `runs` runs after a warm-up), largest first, with the node count.
+/// averaged over `runs` runs after a warm-up), largest first, with the node count; with `per_node`,
+/// one row per node instead (its id, operator, parameters and input shape).
 pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize, per_node: bool) -> Result<Vec<OpTime>, VisionError> {
     use std::collections::HashMap;
     use tract_onnx::tract_core::plan::{eval, SimpleState};
@@ -408,7 +409,6 @@ pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize, per_node: bool) -
     for k in 0..=runs {
         state
             .run_plan_with_eval(tvec!(input.clone()), |ctx, st, node, inputs| {
-                let t = std::time::Instant::now();
                 let key = if per_node {
                     let info = node.op().info().unwrap_or_default().join(", ");
                     let shape = inputs.first().map(|i| i.shape().to_vec()).unwrap_or_default();
@@ -416,6 +416,7 @@ pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize, per_node: bool) -
                 } else {
                     node.op().name().to_string()
                 };
+                let t = std::time::Instant::now();
                 let r = eval(ctx, st, node, inputs);
                 if k > 0 {
                     let e = by_op.entry(key).or_default();
