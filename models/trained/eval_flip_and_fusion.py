@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 import onnxruntime as ort
 
-from train_masked_embedder import cv_accuracy, lfw_val_pairs, load_crops
+from train_masked_embedder import cv_accuracy, lfw_val_pairs, load_crops, pair_columns
 
 
 def embed(sess, u8, flip=False):
@@ -47,10 +47,7 @@ def main():
     rows, clean, masked = load_crops(args.val)
     tpl_masked = load_crops(args.val_varied)[2][:, 0]
     pairs = lfw_val_pairs(args.pairs, rows, {3, 4})
-    a = np.array([p[0] for p in pairs])
-    b = np.array([p[1] for p in pairs])
-    labels = np.array([p[2] for p in pairs])
-    folds = np.array([p[3] for p in pairs])
+    a, b, labels, folds = pair_columns(pairs)
     acc = lambda s: 100 * cv_accuracy(s, labels, folds)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2

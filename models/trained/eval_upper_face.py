@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from train_masked_embedder import cv_accuracy, lfw_val_pairs, load_crops
+from train_masked_embedder import cv_accuracy, lfw_val_pairs, load_crops, pair_columns
 
 FEAT = "MobileFaceNet/MobileFaceNet/Conv2d_7/add"
 GDCONV_W = "const_fold_opt__592"  # the global depthwise 7x7 convolution after FEAT
@@ -62,8 +62,7 @@ def main():
     rows, vc, vm = load_crops(args.val)
     vm = vm[:, 0]
     pairs = lfw_val_pairs(args.pairs, rows, {3, 4})
-    a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    labels, folds = np.array([p[2] for p in pairs]), np.array([p[3] for p in pairs])
+    a, b, labels, folds = pair_columns(pairs)
     acc = lambda s: 100 * cv_accuracy(s, labels, folds)
 
     for name, path in [("teacher", args.teacher), ("student", args.student)]:

@@ -126,6 +126,11 @@ def lfw_val_pairs(pairs_txt, rows, folds):
     return out
 
 
+def pair_columns(pairs):
+    """The (row a, row b, same, fold) tuples of `lfw_val_pairs` as four arrays."""
+    return tuple(np.array([p[k] for p in pairs]) for k in range(4))
+
+
 def cv_accuracy(scores, labels, folds):
     """Each fold's threshold chosen on the other folds, as lobby-eval does."""
     accs = []
@@ -140,10 +145,7 @@ def cv_accuracy(scores, labels, folds):
 def validate(net, val, pairs):
     rows, clean, masked = val
     ec, em = embed(net, clean), embed(net, masked[:, 0])
-    a = np.array([p[0] for p in pairs])
-    b = np.array([p[1] for p in pairs])
-    labels = np.array([p[2] for p in pairs])
-    folds = np.array([p[3] for p in pairs])
+    a, b, labels, folds = pair_columns(pairs)
     clean_s = (ec[a] * ec[b]).sum(1)
     masked_s = (ec[a] * em[b]).sum(1)
     return cv_accuracy(clean_s, labels, folds), cv_accuracy(masked_s, labels, folds)
