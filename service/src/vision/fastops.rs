@@ -116,12 +116,19 @@ fn written(shape: &[usize], write: impl FnOnce(&mut [f32])) -> TractResult<TVec<
 /// `x` read as `rows x cols`, written as `cols x rows`.
 fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
+    transpose_into(x, rows, cols, &mut out);
+    out
+}
+
+/// [`transpose`] into `out` (`rows * cols` values; any beyond are left as they are).
+fn transpose_into(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     for (r, row) in x.chunks_exact(cols).enumerate().take(rows) {
         for (c, v) in row.iter().enumerate() {
-            out[c * rows + r] = *v;
+            if let Some(o) = out.get_mut(c * rows + r) {
+                *o = *v;
+            }
         }
     }
-    out
 }
 
 fn concrete(fact: &TypedFact) -> Option<Vec<usize>> {
@@ -283,7 +290,7 @@ impl FastOp for Depthwise3x3 {
         if self.nhwc {
             let mut chw_out = vec![0f32; out.len()];
             depthwise(&transpose(x, h * w, c), &mut chw_out, &g, weights, bias, &self.act);
-            out.copy_from_slice(&transpose(&chw_out, c, g.ho * g.wo));
+            transpose_into(&chw_out, c, g.ho * g.wo, out);
         } else if self.pool {
             depthwise_pooled(x, out, &g, weights, bias, &self.act);
         } else {
@@ -383,7 +390,7 @@ impl FastOp for Conv1x1 {
         if self.nhwc_out {
             let mut chw_out = vec![0f32; out.len()];
             conv1x1(x, &mut chw_out, self, h * w);
-            out.copy_from_slice(&transpose(&chw_out, self.cout, h * w));
+            transpose_into(&chw_out, self.cout, h * w, out);
         } else {
             conv1x1(x, out, self, h * w);
         }
