@@ -1,6 +1,9 @@
 //! Lobby's evaluation harness and benchmarks: metrics, plots, and the dataset readers.
 
+pub mod capture;
+pub mod cascade;
 pub mod datasets;
+pub mod e2e;
 pub mod kiosk;
 pub mod metrics;
 pub mod plot;

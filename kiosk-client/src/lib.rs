@@ -7,6 +7,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod ladder;
+
 pub use lobby_proto::v1 as proto;
 use proto::front_desk_service_client::FrontDeskServiceClient;
 use proto::kiosk_service_client::KioskServiceClient;

@@ -2,6 +2,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use lobby_kiosk_client::ladder::{KioskGuest, ScriptedGuest};
 use lobby_kiosk_client::{connect, kiosk, outcome_name, proto as pv, reason_names, reservations, staff};
 use std::path::{Path, PathBuf};
 use tokio_stream::StreamExt;
@@ -57,13 +58,32 @@ enum KioskCmd {
         #[arg(long)]
         qr: Option<PathBuf>,
     },
-    /// Stream the photos of a folder as frames until the server gives a final decision.
+    /// Check a guest in through the stream, climbing the escalation ladder. Frames are the photos
+    /// given (files, or a folder's photos in name order); the last is shown again while the server
+    /// needs more. Asked for the booking code: --code-on-ask, --booking-qr, or a prompt on the
+    /// terminal (empty: the guest has none and goes to the desk). Asked to lower the mask:
+    /// --unmasked photos, or a prompt for a photo's path (empty: the mask stays on).
     Stream {
-        dir: PathBuf,
+        #[arg(required = true)]
+        photos: Vec<PathBuf>,
+        /// Reservation code given from the first frame (1:1 from the start).
         #[arg(long)]
         reservation: Option<String>,
+        /// The code the guest types when the server asks for it.
+        #[arg(long)]
+        code_on_ask: Option<String>,
+        /// File with the booking QR's text (the reservation code), scanned when the server asks.
+        #[arg(long, conflicts_with = "code_on_ask")]
+        booking_qr: Option<PathBuf>,
+        /// Photos of the guest with the mask lowered, shown when the server asks.
+        #[arg(long)]
+        unmasked: Vec<PathBuf>,
+        /// File with the health-code QR text.
         #[arg(long)]
         qr: Option<PathBuf>,
+        /// Frames sent at most.
+        #[arg(long, default_value_t = 20)]
+        max_frames: usize,
     },
 }
 
@@ -219,6 +239,66 @@ fn print_decision(d: &pv::DecisionRecord) {
     );
 }
 
+/// The bytes of the photos named (a folder stands for its files, in name order).
+fn read_photos(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let files = if p.is_dir() { photo_files(p)? } else { vec![p.clone()] };
+        for f in files {
+            out.push(std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?);
+        }
+    }
+    Ok(out)
+}
+
+/// The scripted guest, asking on the terminal for what the script does not say.
+struct TerminalGuest {
+    script: ScriptedGuest,
+}
+
+fn prompt(question: &str) -> Option<String> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    print!("{question} ");
+    std::io::stdout().flush().ok()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).ok()?;
+    Some(line.trim().to_string()).filter(|l| !l.is_empty())
+}
+
+impl KioskGuest for TerminalGuest {
+    fn frame(&mut self) -> Option<Vec<u8>> {
+        self.script.frame()
+    }
+
+    fn reservation_code(&mut self) -> Option<String> {
+        self.script
+            .reservation_code()
+            .or_else(|| prompt("The kiosk asks for the booking code (scan or type it; empty: none, go to the desk):"))
+    }
+
+    fn lower_mask(&mut self) -> bool {
+        if self.script.lower_mask() {
+            return true;
+        }
+        match prompt("The kiosk asks the guest to lower the mask: path of a photo without it (empty: keep it on):") {
+            Some(path) => match std::fs::read(&path) {
+                Ok(bytes) => {
+                    self.script.unmasked = vec![bytes];
+                    self.script.lower_mask()
+                }
+                Err(e) => {
+                    eprintln!("cannot read {path}: {e}");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+}
+
 fn photo_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -252,24 +332,48 @@ async fn main() -> Result<()> {
                     print_checkin(&r);
                     println!("client    {:.1} ms round trip", t.elapsed().as_secs_f64() * 1000.0);
                 }
-                KioskCmd::Stream { dir, reservation, qr } => {
+                KioskCmd::Stream {
+                    photos,
+                    reservation,
+                    code_on_ask,
+                    booking_qr,
+                    unmasked,
+                    qr,
+                    max_frames,
+                } => {
                     let qr = read_qr(qr)?;
-                    let code = reservation.clone().unwrap_or_default();
-                    let mut frames = Vec::new();
-                    for p in photo_files(dir)? {
-                        frames.push(pv::CheckInRequest {
-                            photo: std::fs::read(&p)?,
-                            reservation_code: code.clone(),
-                            health_qr: qr.clone(),
-                        });
+                    let code_on_ask = match booking_qr {
+                        Some(_) => Some(read_qr(booking_qr)?),
+                        None => code_on_ask.clone(),
+                    };
+                    let mut guest = TerminalGuest {
+                        script: ScriptedGuest::new(read_photos(photos)?, read_photos(unmasked)?, code_on_ask),
+                    };
+                    let run =
+                        lobby_kiosk_client::ladder::drive(&mut c, &mut guest, reservation.clone(), &qr, *max_frames)
+                            .await?;
+                    for (n, a) in run.answers.iter().enumerate() {
+                        println!("-- answer {}", n + 1);
+                        print_checkin(a);
                     }
-                    let mut answers = c.check_in_stream(tokio_stream::iter(frames)).await?.into_inner();
-                    let mut n = 0;
-                    while let Some(a) = answers.next().await {
-                        n += 1;
-                        println!("-- frame {n}");
-                        print_checkin(&a?);
-                    }
+                    println!(
+                        "-- {} frames sent; ladder steps asked: {}{}",
+                        run.frames_sent,
+                        if run.steps.is_empty() {
+                            "none".to_string()
+                        } else {
+                            run.steps
+                                .iter()
+                                .map(|s| s.as_str_name().trim_start_matches("REASON_"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        },
+                        if run.closed_by_kiosk {
+                            "; the kiosk closed the stream (guest to the desk)"
+                        } else {
+                            ""
+                        }
+                    );
                 }
             }
         }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// The manifest shipped in the repository (`models/manifest.toml`).
 pub const MANIFEST_TOML: &str = include_str!("../manifest.toml");
 
-/// Largest model file accepted from a URL; ours are all under 6 MB.
+/// Largest model file accepted from a URL; ours are all under 23 MB.
 const MAX_DOWNLOAD_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +139,8 @@ pub struct ModelPaths {
     pub liveness_v2: PathBuf,
     pub liveness_v1se: PathBuf,
     pub mask_detector: PathBuf,
+    pub teacher: PathBuf,
+    pub dlib: PathBuf,
 }
 
 impl ModelPaths {
@@ -157,6 +159,8 @@ impl ModelPaths {
             liveness_v2: p("liveness_v2"),
             liveness_v1se: p("liveness_v1se"),
             mask_detector: p("mask_detector"),
+            teacher: p("teacher"),
+            dlib: p("dlib"),
         }
     }
 }
@@ -312,7 +316,15 @@ mod tests {
     #[test]
     fn manifest_parses_and_lists_the_models() {
         let m = Manifest::embedded();
-        for id in ["detector", "embedder", "liveness_v2", "liveness_v1se", "mask_detector"] {
+        for id in [
+            "detector",
+            "embedder",
+            "liveness_v2",
+            "liveness_v1se",
+            "mask_detector",
+            "teacher",
+            "dlib",
+        ] {
             let s = m.get(id).unwrap();
             assert_eq!(s.sha256.len(), 64, "{id}");
             assert!(s.file.ends_with(".onnx"));

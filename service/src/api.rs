@@ -1,9 +1,11 @@
 //! gRPC handlers: validation at the boundary, mapping between protobuf and the check-in layer, and
 //! the one place where errors become gRPC status codes ([`status`]).
 
-use crate::app::{App, AppError, CheckIn};
+use crate::app::{App, AppError};
 use crate::auth::caller;
+use crate::checkin::{CheckIn, CheckInStream, Evaluated, StreamAnswer};
 use crate::health::{Colour, HealthRecord};
+use crate::ladder::Step;
 use crate::policy::{Outcome, Reason};
 use crate::store::{ConsentRecord, DecisionRow, ResStatus, ReservationInput, ReservationView};
 use lobby_proto::v1 as pv;
@@ -146,6 +148,9 @@ fn reason_to_proto(r: Reason) -> pv::Reason {
         Reason::HealthQrInvalid => P::HealthQrInvalid,
         Reason::HealthQrStale => P::HealthQrStale,
         Reason::HealthQrOtherGuest => P::HealthQrOtherGuest,
+        Reason::ShowReservation => P::ShowReservation,
+        Reason::LowerMask => P::LowerMask,
+        Reason::HoldStill => P::HoldStill,
     }
 }
 
@@ -163,12 +168,17 @@ fn quality_to_proto(q: &crate::vision::Quality) -> pv::FaceQuality {
 }
 
 fn checkin_to_proto(c: &CheckIn, liveness_threshold: f32) -> pv::CheckInResponse {
-    let d = &c.eval.decision;
-    let a = &c.eval.analysis;
+    eval_to_proto(&c.id, &c.eval, c.total_ms, liveness_threshold)
+}
+
+fn eval_to_proto(id: &str, e: &Evaluated, total_ms: f64, liveness_threshold: f32) -> pv::CheckInResponse {
+    let c = e;
+    let d = &e.decision;
+    let a = &e.analysis;
     let t = a.timings;
     let primary = a.primary.as_ref();
     pv::CheckInResponse {
-        decision_id: c.id.clone(),
+        decision_id: id.to_string(),
         outcome: outcome_to_proto(d.outcome) as i32,
         reasons: d.reasons.iter().map(|r| reason_to_proto(*r) as i32).collect(),
         guest_message: d.guest_message.clone(),
@@ -177,7 +187,7 @@ fn checkin_to_proto(c: &CheckIn, liveness_threshold: f32) -> pv::CheckInResponse
         // The reservation is named only when the face matched it.
         reservation_code: d.reservation.as_ref().map(|r| r.code.clone()).unwrap_or_default(),
         live: d.live,
-        liveness_score: primary.map(|p| p.liveness.p_real).unwrap_or(0.0),
+        liveness_score: c.p_real,
         liveness_threshold,
         masked: primary.is_some_and(|p| p.mask.masked),
         mask_score: primary.map(|p| p.mask.p_masked).unwrap_or(0.0),
@@ -189,9 +199,9 @@ fn checkin_to_proto(c: &CheckIn, liveness_threshold: f32) -> pv::CheckInResponse
             liveness_ms: t.liveness_ms,
             align_ms: t.align_ms,
             embed_ms: t.embed_ms,
-            search_ms: c.eval.search_ms,
-            decide_ms: c.eval.decide_ms,
-            total_ms: c.total_ms,
+            search_ms: c.search_ms + c.second_ms,
+            decide_ms: c.decide_ms,
+            total_ms,
         }),
         face: primary.map(|p| pv::FaceBox {
             x: p.face.bbox.x,
@@ -241,6 +251,25 @@ fn decision_to_proto(d: &DecisionRow) -> pv::DecisionRecord {
             at_ms: o.at_ms,
         }),
         guest_message: d.guest_message.clone(),
+        ladder_steps: d
+            .steps
+            .iter()
+            .filter_map(|s| Step::parse(s))
+            .map(|s| step_to_proto(s) as i32)
+            .collect(),
+        frames: d.frames,
+        fused_frames: d.fused_frames,
+        cascade_used: d.cascade.is_some(),
+        cascade_score: d.cascade.map(|c| c.0).unwrap_or(0.0),
+        cascade_threshold: d.cascade.map(|c| c.1).unwrap_or(0.0),
+    }
+}
+
+fn step_to_proto(s: Step) -> pv::LadderStep {
+    match s {
+        Step::HoldStill => pv::LadderStep::HoldStill,
+        Step::ShowReservation => pv::LadderStep::ShowReservation,
+        Step::LowerMask => pv::LadderStep::LowerMask,
     }
 }
 
@@ -431,12 +460,11 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
         let c = caller(&req)?;
         let r = req.into_inner();
         checkin_fields(&r)?;
-        let eval = self
+        let done = self
             .0
-            .evaluate(&c, r.photo, &r.reservation_code, &r.health_qr)
+            .check_in(&c, r.photo, &r.reservation_code, &r.health_qr)
             .await
             .map_err(status)?;
-        let done = self.0.record(&c, eval).map_err(status)?;
         Ok(Response::new(checkin_to_proto(
             &done,
             self.0.settings.policy.liveness_threshold,
@@ -452,56 +480,47 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
         let c = caller(&req)?;
         let mut frames = req.into_inner();
         let app = self.0.clone();
+        let liveness_threshold = app.settings.policy.liveness_threshold;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let mut last_retry = None;
+            let mut stream = CheckInStream::new();
             while let Some(frame) = frames.next().await {
                 let frame = match frame {
                     Ok(f) => f,
-                    Err(_) => break, // the kiosk went away
+                    Err(_) => return, // the kiosk went away: nobody to answer
                 };
                 if let Err(e) = checkin_fields(&frame) {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
-                let eval = match app
-                    .evaluate(&c, frame.photo, &frame.reservation_code, &frame.health_qr)
-                    .await
-                {
-                    Ok(e) => e,
+                let answer = app
+                    .stream_frame(&c, &mut stream, frame.photo, &frame.reservation_code, &frame.health_qr)
+                    .await;
+                let reply = match answer {
+                    Ok(StreamAnswer::Guidance(e)) => Ok(eval_to_proto("", &e, 0.0, liveness_threshold)),
+                    Ok(StreamAnswer::Final(done)) => {
+                        let _ = tx.send(Ok(checkin_to_proto(&done, liveness_threshold))).await;
+                        return;
+                    }
                     Err(e) => {
                         // A bad frame (or a full server) ends the stream with its status.
                         let _ = tx.send(Err(status(e))).await;
                         return;
                     }
                 };
-                if eval.decision.outcome == Outcome::Retry {
-                    // Guidance only; not recorded unless it is the last word.
-                    let guidance = CheckIn {
-                        id: String::new(),
-                        total_ms: eval.started.elapsed().as_secs_f64() * 1000.0,
-                        eval,
-                    };
-                    if tx
-                        .send(Ok(checkin_to_proto(&guidance, app.settings.policy.liveness_threshold)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    last_retry = Some(guidance.eval);
-                    continue;
+                if tx.send(reply).await.is_err() {
+                    return;
                 }
-                let r = app
-                    .record(&c, eval)
-                    .map(|d| checkin_to_proto(&d, app.settings.policy.liveness_threshold))
-                    .map_err(status);
-                let _ = tx.send(r).await;
-                return;
             }
-            // The stream ended without a final decision: record the last guidance given.
-            if let Some(eval) = last_retry {
-                let _ = app.record(&c, eval);
+            // The kiosk closed its side before a final decision.
+            match app.end_stream(&c, stream) {
+                Ok(Some(done)) => {
+                    let _ = tx.send(Ok(checkin_to_proto(&done, liveness_threshold))).await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(status(e))).await;
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

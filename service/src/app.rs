@@ -1,21 +1,22 @@
-//! The check-in logic between the gRPC handlers and the backends: enrolment, check-in (pipeline,
-//! matching, policy), erasure, overrides. Knows nothing of protobuf.
+//! The check-in logic between the gRPC handlers and the backends: enrolment, erasure, reviews and
+//! overrides here; check-in (pipeline, matching, policy, the escalation ladder) in
+//! [`crate::checkin`]. Knows nothing of protobuf.
 
 use crate::auth::Caller;
 use crate::config::Settings;
 use crate::gallery::{self, Gallery, GalleryError, TemplateKind};
-use crate::health::{self, HealthRecord, QrProblem};
-use crate::policy::{self, Decision, MatchFacts, Outcome};
+use crate::health::{self, HealthRecord};
+use crate::policy::Outcome;
 use crate::store::{
-    ConsentRecord, DecisionRow, NewTemplate, OverrideRow, ResStatus, ReservationInput, ReservationView, SqliteStore,
-    Store, StoreError,
+    ConsentRecord, DecisionRow, NewTemplate, OverrideRow, ReservationInput, ReservationView, SqliteStore, Store,
+    StoreError,
 };
-use crate::vision::{Analysis, Embedding, Vision, VisionConfig, VisionError, EMBEDDING_DIM};
+use crate::vision::{Analysis, Embedding, SecondInput, Vision, VisionConfig, VisionError, EMBEDDING_DIM};
 use chrono::{Local, NaiveDate};
 use ed25519_dalek::VerifyingKey;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{broadcast, Semaphore};
 
 /// Errors of the check-in layer; mapped to gRPC status in one place (`api::status`).
@@ -74,15 +75,57 @@ pub fn today() -> NaiveDate {
 /// The embedder's identity, stored with every template. Templates of another embedder are not
 /// comparable and are not searched.
 pub fn model_id() -> String {
+    model_id_of("embedder")
+}
+
+/// A model's identity (file name and sha256 prefix) by its manifest id.
+pub fn model_id_of(id: &str) -> String {
     let m = lobby_models::Manifest::embedded();
-    match m.get("embedder") {
+    match m.get(id) {
         Some(s) => format!(
             "{}@{}",
             s.file.trim_end_matches(".onnx"),
             s.sha256.get(..12).unwrap_or(&s.sha256)
         ),
-        None => "embedder@unknown".into(),
+        None => format!("{id}@unknown"),
     }
+}
+
+/// The identity of the model that makes each kind of template.
+#[derive(Debug, Clone)]
+pub struct ModelIds {
+    pub student: String,
+    pub teacher: String,
+    pub dlib: String,
+}
+
+impl ModelIds {
+    /// The models of the manifest; a second-stage template made with flip averaging is another
+    /// model's (`+flip`), since it is not comparable with one made without.
+    pub fn new(cascade: &crate::config::Cascade) -> ModelIds {
+        let flip = |id: &str, f: bool| format!("{}{}", model_id_of(id), if f { "+flip" } else { "" });
+        ModelIds {
+            student: model_id(),
+            teacher: flip("teacher", cascade.flip[0]),
+            dlib: flip("dlib", cascade.flip[1]),
+        }
+    }
+
+    pub fn of(&self, kind: TemplateKind) -> &str {
+        match kind {
+            TemplateKind::Clean | TemplateKind::Masked => &self.student,
+            TemplateKind::Teacher => &self.teacher,
+            TemplateKind::Dlib => &self.dlib,
+        }
+    }
+}
+
+/// What enrolment makes of one photo: its analysis, the masked template (mask-aware enrolment) and
+/// the second-stage embeddings.
+pub struct Enrolment {
+    pub analysis: Analysis,
+    pub masked: Option<Embedding>,
+    pub second: Option<crate::vision::SecondEmbeddings>,
 }
 
 /// One enrolment photo's outcome.
@@ -93,46 +136,26 @@ pub struct PhotoOutcome {
     pub rejection: Option<&'static str>,
 }
 
-/// A check-in evaluated but not yet recorded.
-#[derive(Debug, Clone)]
-pub struct Evaluated {
-    pub decision: Decision,
-    pub analysis: Analysis,
-    pub search_ms: f64,
-    pub decide_ms: f64,
-    pub started: Instant,
-    /// The guest the decision concerns (matched or named), for the record.
-    pub guest_id: Option<String>,
-}
-
-/// A recorded check-in decision.
-#[derive(Debug, Clone)]
-pub struct CheckIn {
-    pub id: String,
-    pub eval: Evaluated,
-    pub total_ms: f64,
-}
-
 pub struct App {
     pub settings: Settings,
     pub vision: Arc<Vision>,
     pub store: Arc<dyn Store>,
     pub gallery: Gallery,
-    issuers: Vec<VerifyingKey>,
-    reviews: broadcast::Sender<DecisionRow>,
+    pub(crate) issuers: Vec<VerifyingKey>,
+    pub(crate) reviews: broadcast::Sender<DecisionRow>,
     analyses: Arc<Semaphore>,
-    model_id: String,
+    pub(crate) models: ModelIds,
     /// Flips to true when the server shuts down, so long-lived streams end and let it finish.
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
-fn require_property(c: &Caller) -> Result<&str> {
+pub(crate) fn require_property(c: &Caller) -> Result<&str> {
     c.property
         .as_deref()
         .ok_or_else(|| AppError::PermissionDenied("this kiosk credential names no property".into()))
 }
 
-fn new_decision_id() -> String {
+pub(crate) fn new_decision_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut b);
@@ -149,15 +172,18 @@ impl App {
 
     pub fn with_store(settings: Settings, vision: Arc<Vision>, store: Arc<dyn Store>) -> anyhow::Result<App> {
         let gallery = Gallery::new(EMBEDDING_DIM as u32, &settings.gallery.index_factory)?;
-        let model_id = model_id();
+        let models = ModelIds::new(&settings.cascade);
         let mut by_property: HashMap<String, Vec<gallery::Item>> = HashMap::new();
         let mut other_model = 0;
         for t in store.all_templates()? {
-            let kind = TemplateKind::parse(&t.kind);
-            let Some(kind) = kind.filter(|_| t.model_id == model_id) else {
-                other_model += 1;
+            // Only the first stage's templates are indexed; the second stage's are read per guest.
+            let Some(kind) = TemplateKind::parse(&t.kind).filter(|k| k.indexed()) else {
                 continue;
             };
+            if t.model_id != models.student {
+                other_model += 1;
+                continue;
+            }
             by_property
                 .entry(t.property_id)
                 .or_default()
@@ -194,7 +220,7 @@ impl App {
             issuers,
             reviews,
             analyses,
-            model_id,
+            models,
             shutdown,
         })
     }
@@ -203,6 +229,7 @@ impl App {
         let mut v = VisionConfig::default();
         v.decode.max_pixels = settings.limits.max_pixels;
         v.decode.max_bytes = settings.limits.max_message_bytes;
+        v.liveness_max_face_px = settings.policy.liveness_max_face_px;
         v
     }
 
@@ -220,10 +247,13 @@ impl App {
     }
 
     /// Runs `work` on the vision pipeline on a worker thread, within the concurrency bound.
-    async fn with_vision<T: Send + 'static>(
+    pub(crate) async fn with_vision<T: Send + 'static, E: Send + 'static>(
         &self,
-        work: impl FnOnce(&Vision) -> std::result::Result<T, VisionError> + Send + 'static,
-    ) -> Result<T> {
+        work: impl FnOnce(&Vision) -> std::result::Result<T, E> + Send + 'static,
+    ) -> Result<T>
+    where
+        AppError: From<E>,
+    {
         let wait = Duration::from_millis(self.settings.limits.queue_wait_ms);
         let permit = tokio::time::timeout(wait, self.analyses.clone().acquire_owned())
             .await
@@ -245,21 +275,33 @@ impl App {
     }
 
     /// [`App::analyze`] for an enrolment photo: also the masked template of the guest's face
-    /// ([`Vision::masked_template`]).
-    pub async fn analyze_for_enrolment(&self, photo: Vec<u8>) -> Result<(Analysis, Option<Embedding>)> {
-        self.with_vision(move |v| {
+    /// ([`Vision::masked_template`]) and the cascade's second-stage templates.
+    pub async fn analyze_for_enrolment(&self, photo: Vec<u8>) -> Result<Enrolment> {
+        let flip = self.settings.cascade.flip;
+        self.with_vision(move |v| -> std::result::Result<Enrolment, VisionError> {
             let img = v.decode(&photo)?;
-            let a = v.analyze(&img)?;
+            let analysis = v.analyze(&img)?;
+            let Some(f) = &analysis.primary else {
+                return Ok(Enrolment {
+                    analysis,
+                    masked: None,
+                    second: None,
+                });
+            };
             // Without a masked template the guest is still enrolled (masked check-ins then score
             // against the clean template), so a failure here does not fail the photo.
-            let masked = match &a.primary {
-                Some(f) => v.masked_template(&img, &f.face).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "no masked template for this enrolment photo");
-                    None
-                }),
-                None => None,
-            };
-            Ok((a, masked))
+            let masked = v.masked_template(&img, &f.face).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no masked template for this enrolment photo");
+                None
+            });
+            let aligned = v.align(&img, &f.face)?;
+            let input = SecondInput::new(&img, &f.face.landmarks, &aligned)?;
+            let second = Some(v.second_embeddings(&input, true, flip)?);
+            Ok(Enrolment {
+                analysis,
+                masked,
+                second,
+            })
         })
         .await
     }
@@ -313,7 +355,11 @@ impl App {
         let mut outcomes = Vec::new();
         let mut templates = Vec::new();
         for photo in photos {
-            let (a, masked) = match self.analyze_for_enrolment(photo).await {
+            let Enrolment {
+                analysis: a,
+                masked,
+                second,
+            } = match self.analyze_for_enrolment(photo).await {
                 Ok(a) => a,
                 Err(AppError::InvalidArgument(_)) => {
                     outcomes.push(PhotoOutcome {
@@ -345,7 +391,7 @@ impl App {
                 Some("bad_lighting")
             } else if q.sharpness < p.min_sharpness {
                 Some("blurred")
-            } else if q.yaw_deg.abs() > p.max_yaw_deg
+            } else if q.yaw_deg.abs() > p.enrol_max_yaw_deg.min(p.max_yaw_deg)
                 || q.pitch_deg.abs() > p.max_pitch_deg
                 || q.roll_deg.abs() > p.max_roll_deg
             {
@@ -354,16 +400,24 @@ impl App {
                 None
             };
             if rejection.is_none() {
-                templates.push(NewTemplate {
-                    kind: TemplateKind::Clean.as_str().into(),
-                    vector: f.embedding.0,
-                });
+                let mut add = |kind: TemplateKind, vector: Vec<f32>| {
+                    templates.push(NewTemplate {
+                        kind: kind.as_str().into(),
+                        model_id: self.models.of(kind).to_string(),
+                        vector,
+                    })
+                };
+                add(TemplateKind::Clean, f.embedding.0);
                 // Mask-aware enrolment: the same photo with synthetic masks, for masked check-ins.
                 if let Some(m) = masked {
-                    templates.push(NewTemplate {
-                        kind: TemplateKind::Masked.as_str().into(),
-                        vector: m.0,
-                    });
+                    add(TemplateKind::Masked, m.0);
+                }
+                // The cascade's second stage.
+                if let Some(s) = second {
+                    add(TemplateKind::Teacher, s.teacher.0);
+                    if let Some(d) = s.dlib {
+                        add(TemplateKind::Dlib, d.0);
+                    }
                 }
             }
             outcomes.push(PhotoOutcome {
@@ -375,21 +429,15 @@ impl App {
         if templates.is_empty() {
             return Ok((res.guest_id, outcomes, 0));
         }
-        let (guest_id, ids) = self.store.enrol(
-            property,
-            code,
-            &consent,
-            &self.model_id,
-            &templates,
-            &caller.id,
-            now_ms(),
-        )?;
+        let (guest_id, ids) = self
+            .store
+            .enrol(property, code, &consent, &templates, &caller.id, now_ms())?;
         let items: Vec<gallery::Item> = ids
             .iter()
             .zip(templates)
-            .map(|(id, t)| {
-                let kind = TemplateKind::parse(&t.kind).unwrap_or(TemplateKind::Clean);
-                (*id, guest_id.clone(), kind, t.vector)
+            .filter_map(|(id, t)| {
+                let kind = TemplateKind::parse(&t.kind).filter(|k| k.indexed())?;
+                Some((*id, guest_id.clone(), kind, t.vector))
             })
             .collect();
         self.gallery.add(property, &items)?;
@@ -403,164 +451,6 @@ impl App {
         let (guest_id, ids) = self.store.erase_guest(property, code, reason, &caller.id, now_ms())?;
         self.gallery.remove(property, &ids)?;
         Ok((guest_id, ids.len()))
-    }
-
-    fn eligible(&self, r: &ReservationView, today: NaiveDate) -> bool {
-        let slack = chrono::Days::new(self.settings.gallery.stay_slack_days as u64);
-        let from = r.arrival.checked_sub_days(slack).unwrap_or(r.arrival);
-        let to = r.departure.checked_add_days(slack).unwrap_or(r.departure);
-        !r.erased && matches!(r.status, ResStatus::Booked | ResStatus::CheckedIn) && from <= today && today < to
-    }
-
-    /// A probe's 1:1 score against one guest's templates (`gallery::fused`); `None` without a
-    /// clean template.
-    fn score_against(probe: &Embedding, masked_probe: bool, templates: &[(TemplateKind, Vec<f32>)]) -> Option<f32> {
-        let best = |kind: TemplateKind| {
-            templates
-                .iter()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, t)| probe.cosine(&Embedding(t.clone())))
-                .reduce(f32::max)
-        };
-        Some(gallery::fused(
-            masked_probe,
-            best(TemplateKind::Clean)?,
-            best(TemplateKind::Masked),
-        ))
-    }
-
-    /// Runs the pipeline, matching and policy for one photo, without recording anything.
-    pub async fn evaluate(&self, caller: &Caller, photo: Vec<u8>, code: &str, qr: &str) -> Result<Evaluated> {
-        let started = Instant::now();
-        let property = require_property(caller)?.to_string();
-        let analysis = self.analyze(photo).await?;
-        let t = Instant::now();
-        let (today, now) = (today(), now_ms());
-        let p = &self.settings.policy;
-        let usable = analysis
-            .primary
-            .as_ref()
-            .filter(|a| policy::capture_problems(p, a).is_empty());
-        let matching = match usable {
-            None => None,
-            Some(a) if !code.is_empty() => {
-                let reservation = self.store.get_reservation(&property, code)?;
-                let score = match &reservation {
-                    Some(r) if !r.erased => {
-                        let ts: Vec<(TemplateKind, Vec<f32>)> = self
-                            .store
-                            .guest_templates(&r.guest_id)?
-                            .into_iter()
-                            .filter(|t| t.model_id == self.model_id)
-                            .filter_map(|t| Some((TemplateKind::parse(&t.kind)?, t.vector)))
-                            .collect();
-                        Self::score_against(&a.embedding, a.mask.masked, &ts)
-                    }
-                    _ => None,
-                };
-                Some(MatchFacts::OneToOne { reservation, score })
-            }
-            Some(a) => {
-                let cache: Mutex<HashMap<String, Option<ReservationView>>> = Mutex::new(HashMap::new());
-                let lookup = |g: &str| -> Option<ReservationView> {
-                    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-                    c.entry(g.to_string())
-                        .or_insert_with(|| self.store.reservation_of_guest(g).ok().flatten())
-                        .clone()
-                };
-                let hits = self.gallery.search(
-                    &property,
-                    &a.embedding.0,
-                    a.mask.masked,
-                    self.settings.gallery.search_k,
-                    |g| lookup(g).map(|r| self.eligible(&r, today)).unwrap_or(false),
-                )?;
-                let best = hits.first().and_then(|h| lookup(&h.guest_id).map(|r| (r, h.score)));
-                Some(MatchFacts::OneToN {
-                    best,
-                    second: hits.get(1).map(|h| h.score),
-                })
-            }
-        };
-        let search_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let t = Instant::now();
-        // The QR counts only for the guest the face was matched to (or named).
-        let candidate = match &matching {
-            Some(MatchFacts::OneToOne { reservation, .. }) => reservation.clone(),
-            Some(MatchFacts::OneToN { best, .. }) => best.as_ref().map(|(r, _)| r.clone()),
-            None => None,
-        };
-        let qr_result: Option<std::result::Result<HealthRecord, QrProblem>> = match (&candidate, qr.is_empty()) {
-            (_, true) => None,
-            (Some(r), false) => Some(health::verify_qr(
-                qr,
-                &self.issuers,
-                &r.guest_ref,
-                now,
-                self.settings.health.qr_max_age_secs,
-            )),
-            (None, false) => None,
-        };
-        let decision = policy::decide(
-            p,
-            analysis.primary.as_ref(),
-            matching.as_ref(),
-            qr_result.as_ref(),
-            today,
-            now,
-        );
-        let decide_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let guest_id = decision
-            .reservation
-            .as_ref()
-            .or(candidate.as_ref())
-            .map(|r| r.guest_id.clone());
-        Ok(Evaluated {
-            decision,
-            analysis,
-            search_ms,
-            decide_ms,
-            started,
-            guest_id,
-        })
-    }
-
-    /// Records an evaluated check-in (audited); an approval checks the reservation in, a REVIEW is
-    /// pushed to front-desk subscribers.
-    pub fn record(&self, caller: &Caller, eval: Evaluated) -> Result<CheckIn> {
-        let d = &eval.decision;
-        let id = new_decision_id();
-        let row = DecisionRow {
-            id: id.clone(),
-            property_id: caller.property.clone().unwrap_or_default(),
-            kiosk_id: caller.id.clone(),
-            created_at_ms: now_ms(),
-            outcome: d.outcome.as_str().into(),
-            reasons: d.reasons.iter().map(|r| r.as_str().to_string()).collect(),
-            reservation_code: d.reservation.as_ref().map(|r| r.code.clone()).unwrap_or_default(),
-            guest_id: eval.guest_id.clone(),
-            match_score: d.score,
-            match_threshold: d.threshold,
-            live: d.live,
-            liveness_score: eval.analysis.primary.as_ref().map(|a| a.liveness.p_real).unwrap_or(0.0),
-            masked: eval.analysis.primary.as_ref().is_some_and(|a| a.mask.masked),
-            health_colour: d
-                .health_used
-                .as_ref()
-                .map(|h| h.colour.as_str())
-                .unwrap_or("UNKNOWN")
-                .into(),
-            guest_message: d.guest_message.clone(),
-            final_outcome: d.outcome.as_str().into(),
-            override_: None,
-        };
-        let approved = d.outcome == Outcome::Approved && d.reservation.is_some();
-        self.store.record_decision(&row, approved, row.created_at_ms)?;
-        if d.outcome == Outcome::Review {
-            let _ = self.reviews.send(row);
-        }
-        let total_ms = eval.started.elapsed().as_secs_f64() * 1000.0;
-        Ok(CheckIn { id, eval, total_ms })
     }
 
     pub fn get_decision(&self, caller: &Caller, id: &str) -> Result<DecisionRow> {

@@ -17,6 +17,8 @@ pub struct Settings {
     pub limits: Limits,
     pub gallery: GallerySettings,
     pub policy: Policy,
+    pub cascade: Cascade,
+    pub ladder: Ladder,
     pub health: HealthSettings,
     #[serde(default)]
     pub auth: AuthSettings,
@@ -86,6 +88,9 @@ pub struct Policy {
     /// 1:N: the best guest must beat the second-best guest by this much, else REVIEW.
     pub margin: f32,
     pub liveness_threshold: f32,
+    /// Liveness sees a face at most this large (px; 0: as it is): a larger one is first scaled down
+    /// with an antialiasing filter, as a kiosk camera would see it.
+    pub liveness_max_face_px: f32,
     /// What a face that fails liveness gets: review (front desk looks) or denied.
     pub liveness_fail: PolicyOutcome,
     pub min_face_px: f32,
@@ -98,10 +103,62 @@ pub struct Policy {
     pub max_out_of_frame: f32,
     /// Enrolment is stricter than check-in: a bad template hurts every later check-in.
     pub enrol_min_face_px: f32,
+    pub enrol_max_yaw_deg: f32,
     pub health_green: PolicyOutcome,
     pub health_yellow: PolicyOutcome,
     pub health_red: PolicyOutcome,
     pub health_unknown: PolicyOutcome,
+}
+
+/// The cascade's second stage for unmasked probes (`vision::second`): where the student's score is
+/// between `band[0]` and `band[1]`, the z-normalised cosines of student, teacher and dlib are fused
+/// with `weights` and the fused score must reach `threshold`; at or above `band[1]` the student
+/// alone decides. Every figure is calibrated by `lobby-eval` (`calibration.cascade`) so that the
+/// overall false-match rate stays at the policy's target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cascade {
+    pub enabled: bool,
+    /// Weights of the z-normalised cosines: student, teacher, dlib (dlib is not run at weight 0).
+    pub weights: [f32; 3],
+    /// Whether the teacher and dlib each also run on the mirror image (flip averaging).
+    pub flip: [bool; 2],
+    /// Mean and standard deviation of each model's impostor cosine (student, teacher, dlib).
+    pub impostor_mean: [f32; 3],
+    pub impostor_sd: [f32; 3],
+    /// 1:1 (at `policy.target_fmr`).
+    pub one_to_one: CascadeBand,
+    /// 1:N (at `policy.target_fmr_1n` per comparison).
+    pub one_to_n: CascadeBand,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeBand {
+    /// Student cosines [low, high): below low no match; at or above high a match on the student alone.
+    pub band: [f32; 2],
+    /// The fused z-score a probe in the band must reach.
+    pub threshold: f32,
+}
+
+/// The escalation ladder of a check-in stream: what the server may ask of a guest before sending
+/// them to the front desk.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ladder {
+    /// Frames a stream may send; then the guest goes to the desk (REVIEW).
+    pub max_frames: u32,
+    /// Frames a guest has to answer a step (show the booking code, lower the mask) before the ladder
+    /// moves on without it.
+    pub step_frames: u32,
+    /// Good frames whose liveness is averaged before a face below the liveness threshold goes to the
+    /// desk.
+    pub liveness_frames: u32,
+    /// Good frames of the same guest fused (mean of normalised embeddings) at most.
+    pub max_fused_frames: u32,
+    /// A frame joins the frames fused so far only if its cosine with their mean reaches this
+    /// (the same person); otherwise fusion starts again from it.
+    pub same_person_min: f32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -274,6 +331,9 @@ impl Settings {
         if !(0.0..=1.0).contains(&p.review_band) || !(0.0..=1.0).contains(&p.margin) {
             return bad("policy.review_band / policy.margin", "must be in [0, 1]");
         }
+        if !(p.liveness_max_face_px >= 0.0) {
+            return bad("policy.liveness_max_face_px", "must be 0 (no limit) or a size in px");
+        }
         if !(0.0..=1.0).contains(&p.liveness_threshold) {
             return bad("policy.liveness_threshold", "must be a probability in [0, 1]");
         }
@@ -300,6 +360,25 @@ impl Settings {
                 "policy.match_threshold_1n",
                 "must not be below the 1:1 threshold (its FMR is stricter)",
             );
+        }
+        let c = &self.cascade;
+        if c.weights.iter().any(|w| !(0.0..=1.0).contains(w)) || c.weights[1] + c.weights[2] <= 0.0 {
+            return bad("cascade.weights", "weights must be in [0, 1], teacher + dlib above 0");
+        }
+        if c.impostor_sd.iter().any(|sd| !(*sd > 0.0)) {
+            return bad("cascade.impostor_sd", "standard deviations must be positive");
+        }
+        for (key, b) in [("cascade.one_to_one", c.one_to_one), ("cascade.one_to_n", c.one_to_n)] {
+            if !(unit(b.band[0]) && unit(b.band[1]) && b.band[0] <= b.band[1]) || !b.threshold.is_finite() {
+                return bad(key, "band must be two cosines, low <= high, and the threshold finite");
+            }
+        }
+        let l = &self.ladder;
+        if l.max_frames == 0 || l.step_frames == 0 || l.liveness_frames == 0 || l.max_fused_frames == 0 {
+            return bad("ladder", "frame counts must be positive");
+        }
+        if !unit(l.same_person_min) {
+            return bad("ladder.same_person_min", "must be a cosine in [-1, 1]");
         }
         if p.min_brightness >= p.max_brightness {
             return bad("policy.min_brightness", "must be below max_brightness");

@@ -28,6 +28,10 @@ pub enum TemplateKind {
     Clean,
     /// The enrolment photo with synthetic masks drawn on it.
     Masked,
+    /// The cascade's second stage: the teacher embedder on the enrolment photo (flip-averaged).
+    Teacher,
+    /// The cascade's second stage: dlib's embedder on the enrolment photo (flip-averaged).
+    Dlib,
 }
 
 impl TemplateKind {
@@ -35,14 +39,23 @@ impl TemplateKind {
         match self {
             TemplateKind::Clean => "clean",
             TemplateKind::Masked => "masked",
+            TemplateKind::Teacher => "teacher",
+            TemplateKind::Dlib => "dlib",
         }
     }
     pub fn parse(s: &str) -> Option<TemplateKind> {
         match s {
             "clean" => Some(TemplateKind::Clean),
             "masked" => Some(TemplateKind::Masked),
+            "teacher" => Some(TemplateKind::Teacher),
+            "dlib" => Some(TemplateKind::Dlib),
             _ => None,
         }
+    }
+    /// Whether templates of this kind are searched in the Faiss index (the first stage's); the
+    /// second stage's are compared 1:1 with the few candidates the first stage found.
+    pub fn indexed(self) -> bool {
+        matches!(self, TemplateKind::Clean | TemplateKind::Masked)
     }
 }
 
@@ -135,7 +148,13 @@ impl Gallery {
         }
         let mut data = Vec::with_capacity(items.len() * self.dim as usize);
         let mut ids = Vec::with_capacity(items.len());
-        for (id, _, _, v) in items {
+        for (id, _, kind, v) in items {
+            if !kind.indexed() {
+                return Err(err(format!(
+                    "template {id} ({}) is not a first-stage template",
+                    kind.as_str()
+                )));
+            }
             if v.len() != self.dim as usize {
                 return Err(err(format!(
                     "template {id} has {} values, expected {}",
@@ -229,8 +248,8 @@ impl Gallery {
                 }
                 let e = best.entry(guest.as_str()).or_default();
                 let slot = match kind {
-                    TemplateKind::Clean => &mut e.0,
                     TemplateKind::Masked => &mut e.1,
+                    _ => &mut e.0,
                 };
                 *slot = Some(slot.map_or(*score, |s: f32| s.max(*score)));
             }

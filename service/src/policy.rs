@@ -1,10 +1,14 @@
 //! The check-in decision policy: a pure function of what the pipeline saw, what matching found, the
 //! reservation's state and the guest's health status. No I/O here, so every rule is unit-tested.
+//! What the server asks of the guest before a not-confident identity goes to the desk is the
+//! escalation ladder's (`crate::ladder`).
 
 use crate::config::{Policy, PolicyOutcome};
 use crate::health::{Colour, HealthRecord, QrProblem};
+use crate::ladder::IdentityState;
+use crate::matching::{student_threshold, CascadeScore, Judged, Mode};
 use crate::store::{ResStatus, ReservationView};
-use crate::vision::FaceAnalysis;
+use crate::vision::{FaceAnalysis, Quality};
 use chrono::NaiveDate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,10 +79,13 @@ pub enum Reason {
     HealthQrInvalid,
     HealthQrStale,
     HealthQrOtherGuest,
+    ShowReservation,
+    LowerMask,
+    HoldStill,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 29] = [
         Reason::NoFace,
         Reason::MultipleFaces,
         Reason::FaceTooSmall,
@@ -105,6 +112,9 @@ impl Reason {
         Reason::HealthQrInvalid,
         Reason::HealthQrStale,
         Reason::HealthQrOtherGuest,
+        Reason::ShowReservation,
+        Reason::LowerMask,
+        Reason::HoldStill,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -135,6 +145,9 @@ impl Reason {
             Reason::HealthQrInvalid => "HEALTH_QR_INVALID",
             Reason::HealthQrStale => "HEALTH_QR_STALE",
             Reason::HealthQrOtherGuest => "HEALTH_QR_OTHER_GUEST",
+            Reason::ShowReservation => "SHOW_RESERVATION",
+            Reason::LowerMask => "LOWER_MASK",
+            Reason::HoldStill => "HOLD_STILL",
         }
     }
 
@@ -143,19 +156,39 @@ impl Reason {
     }
 }
 
-/// What matching found.
+/// What matching found, each score judged by [`crate::matching::judge`].
 #[derive(Debug, Clone)]
 pub enum MatchFacts {
-    /// 1:1 against the reservation the guest named. `score` is `None` when it has no templates.
+    /// 1:1 against the reservation the guest named. `judged` is `None` when it has no templates.
     OneToOne {
         reservation: Option<ReservationView>,
-        score: Option<f32>,
+        judged: Option<Judged>,
     },
-    /// 1:N over the property's expected arrivals: the best guest, and the second-best guest's score.
+    /// 1:N over the property's expected arrivals: the best guest, and the second-best guest's
+    /// first-stage score.
     OneToN {
-        best: Option<(ReservationView, f32)>,
+        best: Option<(ReservationView, Judged)>,
         second: Option<f32>,
     },
+}
+
+/// What the decision reads of the guest's face: its quality (capture checks), and the liveness and
+/// mask verdicts (for a stream, of the frames fused).
+#[derive(Debug, Clone, Copy)]
+pub struct FaceFacts<'a> {
+    pub quality: &'a Quality,
+    pub p_real: f32,
+    pub masked: bool,
+}
+
+impl<'a> FaceFacts<'a> {
+    pub fn of(a: &'a FaceAnalysis) -> FaceFacts<'a> {
+        FaceFacts {
+            quality: &a.quality,
+            p_real: a.liveness.p_real,
+            masked: a.mask.masked,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,16 +196,26 @@ pub struct Decision {
     pub outcome: Outcome,
     pub reasons: Vec<Reason>,
     pub guest_message: String,
+    /// The reservation the face matched (confidently); only then is it named to the kiosk.
     pub reservation: Option<ReservationView>,
+    /// For staff: the reservation the guest named, or the nearest guest, when identity was not
+    /// confident.
+    pub candidate: Option<ReservationView>,
     pub score: f32,
     pub threshold: f32,
+    /// Set when the cascade's second stage was consulted.
+    pub cascade: Option<CascadeScore>,
     pub live: bool,
     pub health_used: Option<HealthRecord>,
+    /// What identity matching concluded, for the escalation ladder.
+    pub identity: IdentityState,
 }
 
-/// Capture checks that make the kiosk ask for another photo.
-pub fn capture_problems(p: &Policy, a: &FaceAnalysis) -> Vec<Reason> {
-    let q = &a.quality;
+/// Capture checks that make the kiosk ask for another photo. For a masked face only the roll (read
+/// from the eyes) is checked of the head pose: yaw and pitch are read from the nose and the mouth
+/// corners, which a mask hides and the detector guesses (on MFR2 the check sent 13 % of real masked
+/// faces back for a turned head, bench/RESULTS.md "Capture checks").
+pub fn capture_problems(p: &Policy, q: &Quality, masked: bool) -> Vec<Reason> {
     let mut r = Vec::new();
     if q.comparable_faces > 1 {
         r.push(Reason::MultipleFaces);
@@ -192,13 +235,15 @@ pub fn capture_problems(p: &Policy, a: &FaceAnalysis) -> Vec<Reason> {
     if q.sharpness < p.min_sharpness {
         r.push(Reason::Blurred);
     }
-    if q.yaw_deg.abs() > p.max_yaw_deg || q.pitch_deg.abs() > p.max_pitch_deg || q.roll_deg.abs() > p.max_roll_deg {
+    let turned = !masked && (q.yaw_deg.abs() > p.max_yaw_deg || q.pitch_deg.abs() > p.max_pitch_deg);
+    if turned || q.roll_deg.abs() > p.max_roll_deg {
         r.push(Reason::HeadTurned);
     }
     r
 }
 
-fn message(outcome: Outcome, reasons: &[Reason]) -> String {
+/// The guest-facing message of an outcome and its reasons.
+pub fn message(outcome: Outcome, reasons: &[Reason]) -> String {
     let first = reasons.first().copied();
     match outcome {
         Outcome::Approved => "Welcome! You are checked in. Your room key is being prepared.".into(),
@@ -214,6 +259,11 @@ fn message(outcome: Outcome, reasons: &[Reason]) -> String {
             Some(Reason::Blurred) => "The photo is blurred. Please hold still for a moment.",
             Some(Reason::HeadTurned) => "Please look straight at the camera.",
             Some(Reason::ReservationNotFound) => "We could not find that reservation code. Please check and try again.",
+            Some(Reason::ShowReservation) => {
+                "Please scan the QR code of your booking, or type your reservation code, while looking at the camera."
+            }
+            Some(Reason::LowerMask) => "Please lower your mask for a moment and look at the camera.",
+            Some(Reason::HoldStill) => "Please keep looking at the camera for a moment.",
             _ => "Please try again.",
         }
         .into(),
@@ -272,416 +322,147 @@ fn resolve_health(
     (outcome.max(cap), used)
 }
 
-/// Decides a check-in. `analysis` is the guest's face (None: no face found).
+/// The reason a score that was not accepted gets: close to the threshold, or not near it.
+fn not_confident_reason(p: &Policy, j: &Judged) -> Reason {
+    if j.score >= j.floor - p.review_band {
+        Reason::LowMatchScore
+    } else {
+        Reason::NoMatch
+    }
+}
+
+/// Decides a check-in. `face` is the guest's face (None: no face found). An identity that is not
+/// confident gives REVIEW here, never DENIED; the escalation ladder (`crate::ladder`) may first
+/// turn it into a RETRY that asks something of the guest.
 pub fn decide(
     p: &Policy,
-    analysis: Option<&FaceAnalysis>,
+    face: Option<FaceFacts>,
     matching: Option<&MatchFacts>,
     qr: Option<&Result<HealthRecord, QrProblem>>,
     today: NaiveDate,
     now_ms: i64,
 ) -> Decision {
-    let masked = analysis.is_some_and(|a| a.mask.masked);
-    let threshold = match (matching, masked) {
-        (Some(MatchFacts::OneToN { .. }), false) => p.match_threshold_1n,
-        (Some(MatchFacts::OneToN { .. }), true) => p.match_threshold_1n_masked,
-        (_, false) => p.match_threshold,
-        (_, true) => p.match_threshold_masked,
+    let masked = face.is_some_and(|a| a.masked);
+    let mode = match matching {
+        Some(MatchFacts::OneToN { .. }) => Mode::OneToN,
+        _ => Mode::OneToOne,
     };
-    let retry = |reasons: Vec<Reason>, live: bool| Decision {
+    let student = student_threshold(p, mode, masked);
+    let mut d = Decision {
         outcome: Outcome::Retry,
-        guest_message: message(Outcome::Retry, &reasons),
-        reasons,
+        reasons: Vec::new(),
+        guest_message: String::new(),
         reservation: None,
+        candidate: None,
         score: -1.0,
-        threshold,
-        live,
+        threshold: student,
+        cascade: None,
+        live: false,
         health_used: None,
+        identity: IdentityState::Final,
     };
-    let Some(a) = analysis else {
-        return retry(vec![Reason::NoFace], false);
+    let finish = |mut d: Decision| {
+        d.guest_message = message(d.outcome, &d.reasons);
+        d
     };
-    let live = a.liveness.p_real >= p.liveness_threshold;
-    let problems = capture_problems(p, a);
+    let Some(a) = face else {
+        d.reasons.push(Reason::NoFace);
+        return finish(d);
+    };
+    d.live = a.p_real >= p.liveness_threshold;
+    let problems = capture_problems(p, a.quality, a.masked);
     if !problems.is_empty() {
-        return retry(problems, live);
+        d.reasons = problems;
+        return finish(d);
     }
-    let mut reasons = Vec::new();
-    let mut outcome = Outcome::Approved;
-    if !live {
-        reasons.push(Reason::NotLive);
-        outcome = outcome.max(p.liveness_fail.into());
+    d.outcome = Outcome::Approved;
+    if !d.live {
+        d.reasons.push(Reason::NotLive);
+        d.outcome = d.outcome.max(p.liveness_fail.into());
     }
-    // Identity.
-    let (reservation, score, id_outcome) = match matching {
-        None => (None, -1.0, Outcome::Denied),
+    let judged = match matching {
+        Some(MatchFacts::OneToOne { judged, .. }) => judged.as_ref(),
+        Some(MatchFacts::OneToN { best, .. }) => best.as_ref().map(|(_, j)| j),
+        None => None,
+    };
+    if let Some(j) = judged {
+        d.score = j.score;
+        d.threshold = j.threshold;
+        d.cascade = j.cascade;
+    }
+    // Identity: a confident match names the reservation; anything else is not confident.
+    let not_confident = |d: &mut Decision, reason: Reason, candidate: Option<&ReservationView>, state| {
+        d.reasons.push(reason);
+        d.candidate = candidate.cloned();
+        d.identity = state;
+        d.outcome = d.outcome.max(Outcome::Review);
+    };
+    match matching {
+        None => not_confident(&mut d, Reason::NoMatch, None, IdentityState::Final),
         Some(MatchFacts::OneToOne { reservation: None, .. }) => {
-            return retry(vec![Reason::ReservationNotFound], live);
+            not_confident(&mut d, Reason::ReservationNotFound, None, IdentityState::UnknownCode)
         }
         Some(MatchFacts::OneToOne {
             reservation: Some(r),
-            score,
-        }) => match score {
-            _ if r.erased => {
-                reasons.push(Reason::NotEnrolled);
-                (None, -1.0, Outcome::Review)
+            judged,
+        }) => match judged {
+            _ if r.erased => not_confident(&mut d, Reason::NotEnrolled, None, IdentityState::Final),
+            None => not_confident(&mut d, Reason::NotEnrolled, Some(r), IdentityState::Final),
+            Some(j) if j.accepted => {
+                d.reasons.push(Reason::Matched);
+                d.reservation = Some(r.clone());
+                d.identity = IdentityState::Confident;
             }
-            None => {
-                reasons.push(Reason::NotEnrolled);
-                (Some(r.clone()), -1.0, Outcome::Review)
-            }
-            Some(s) if *s >= threshold => {
-                reasons.push(Reason::Matched);
-                (Some(r.clone()), *s, Outcome::Approved)
-            }
-            Some(s) if *s >= threshold - p.review_band => {
-                reasons.push(Reason::LowMatchScore);
-                (Some(r.clone()), *s, Outcome::Review)
-            }
-            Some(s) => {
-                reasons.push(Reason::NoMatch);
-                (None, *s, Outcome::Denied)
-            }
+            Some(j) => not_confident(&mut d, not_confident_reason(p, j), Some(r), IdentityState::NotConfident),
         },
         Some(MatchFacts::OneToN { best: None, .. }) => {
-            reasons.push(Reason::NoMatch);
-            (None, -1.0, Outcome::Denied)
+            not_confident(&mut d, Reason::NoMatch, None, IdentityState::NotConfident)
         }
         Some(MatchFacts::OneToN {
-            best: Some((r, s)),
+            best: Some((r, j)),
             second,
         }) => {
-            if *s < threshold - p.review_band {
-                reasons.push(Reason::NoMatch);
-                (None, *s, Outcome::Denied)
-            } else if *s < threshold {
-                reasons.push(Reason::LowMatchScore);
-                (Some(r.clone()), *s, Outcome::Review)
-            } else if second.map(|t| s - t < p.margin).unwrap_or(false) {
-                reasons.push(Reason::AmbiguousMatch);
-                (Some(r.clone()), *s, Outcome::Review)
+            if !j.accepted {
+                not_confident(&mut d, not_confident_reason(p, j), Some(r), IdentityState::NotConfident)
+            } else if second.is_some_and(|t| j.score - t < p.margin) {
+                not_confident(&mut d, Reason::AmbiguousMatch, Some(r), IdentityState::NotConfident)
             } else {
-                reasons.push(Reason::Matched);
-                (Some(r.clone()), *s, Outcome::Approved)
+                d.reasons.push(Reason::Matched);
+                d.reservation = Some(r.clone());
+                d.identity = IdentityState::Confident;
             }
         }
-    };
-    outcome = outcome.max(id_outcome);
-    let mut health_used = None;
-    if let Some(r) = &reservation {
+    }
+    if let Some(r) = d.reservation.clone() {
         // Stay.
         match r.status {
             ResStatus::Cancelled => {
-                reasons.push(Reason::ReservationCancelled);
-                outcome = outcome.max(Outcome::Denied);
+                d.reasons.push(Reason::ReservationCancelled);
+                d.outcome = d.outcome.max(Outcome::Denied);
             }
             ResStatus::CheckedIn => {
-                reasons.push(Reason::AlreadyCheckedIn);
-                outcome = outcome.max(Outcome::Review);
+                d.reasons.push(Reason::AlreadyCheckedIn);
+                d.outcome = d.outcome.max(Outcome::Review);
             }
             ResStatus::CheckedOut => {
-                reasons.push(Reason::WrongArrivalDay);
-                outcome = outcome.max(Outcome::Review);
+                d.reasons.push(Reason::WrongArrivalDay);
+                d.outcome = d.outcome.max(Outcome::Review);
             }
             ResStatus::Booked => {
                 if today < r.arrival || today >= r.departure {
-                    reasons.push(Reason::WrongArrivalDay);
-                    outcome = outcome.max(Outcome::Review);
+                    d.reasons.push(Reason::WrongArrivalDay);
+                    d.outcome = d.outcome.max(Outcome::Review);
                 }
             }
         }
         // Health.
-        let (h_outcome, used) = resolve_health(p, &r.health, qr, now_ms, &mut reasons);
-        outcome = outcome.max(h_outcome);
-        health_used = used;
+        let (h_outcome, used) = resolve_health(p, &r.health, qr, now_ms, &mut d.reasons);
+        d.outcome = d.outcome.max(h_outcome);
+        d.health_used = used;
     }
-    Decision {
-        outcome,
-        guest_message: message(outcome, &reasons),
-        reasons,
-        reservation,
-        score,
-        threshold,
-        live,
-        health_used,
-    }
+    finish(d)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Settings;
-    use crate::vision::detect::Face;
-    use crate::vision::embed::ARCFACE_TEMPLATE;
-    use crate::vision::geometry::BBox;
-    use crate::vision::MaskScore;
-    use crate::vision::{Embedding, LivenessScore, Quality};
-
-    const NOW: i64 = 1_800_000_000_000;
-
-    fn policy() -> Policy {
-        Settings::load_from(None, std::iter::empty()).unwrap().policy
-    }
-
-    fn today() -> NaiveDate {
-        NaiveDate::from_ymd_opt(2027, 1, 15).unwrap()
-    }
-
-    fn face(p_real: f32) -> FaceAnalysis {
-        FaceAnalysis {
-            face: Face {
-                bbox: BBox {
-                    x: 100.0,
-                    y: 100.0,
-                    w: 150.0,
-                    h: 190.0,
-                },
-                landmarks: ARCFACE_TEMPLATE,
-                score: 0.95,
-            },
-            quality: Quality {
-                face_size_px: 150.0,
-                sharpness: 500.0,
-                brightness: 120.0,
-                yaw_deg: 2.0,
-                pitch_deg: -5.0,
-                roll_deg: 1.0,
-                out_of_frame: 0.0,
-                comparable_faces: 1,
-            },
-            liveness: LivenessScore {
-                p_real,
-                p_real_v2: p_real,
-                p_real_v1se: p_real,
-            },
-            embedding: Embedding(vec![]),
-            mask: MaskScore {
-                p_masked: 0.02,
-                masked: false,
-            },
-        }
-    }
-
-    fn reservation(colour: Colour) -> ReservationView {
-        ReservationView {
-            property_id: "p".into(),
-            code: "R1".into(),
-            guest_id: "g".into(),
-            full_name: "A".into(),
-            guest_ref: "ref".into(),
-            arrival: today(),
-            departure: today().succ_opt().unwrap(),
-            status: ResStatus::Booked,
-            checked_in_at_ms: 0,
-            consent: true,
-            health: HealthRecord {
-                colour,
-                issued_at_ms: NOW - 3600_000,
-                expires_at_ms: NOW + 3600_000,
-                source: "pms".into(),
-            },
-            templates: 1,
-            erased: false,
-        }
-    }
-
-    fn one_to_n(colour: Colour, s: f32, second: Option<f32>) -> MatchFacts {
-        MatchFacts::OneToN {
-            best: Some((reservation(colour), s)),
-            second,
-        }
-    }
-
-    fn one_to_one(r: &ReservationView, score: f32) -> MatchFacts {
-        MatchFacts::OneToOne {
-            reservation: Some(r.clone()),
-            score: Some(score),
-        }
-    }
-
-    fn run(a: Option<&FaceAnalysis>, m: Option<&MatchFacts>, qr: Option<&Result<HealthRecord, QrProblem>>) -> Decision {
-        decide(&policy(), a, m, qr, today(), NOW)
-    }
-
-    #[test]
-    fn green_match_is_approved() {
-        let d = run(Some(&face(0.99)), Some(&one_to_n(Colour::Green, 0.8, Some(0.1))), None);
-        assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
-        assert!(d.reasons.contains(&Reason::Matched) && d.reasons.contains(&Reason::HealthGreen));
-    }
-
-    #[test]
-    fn a_masked_face_is_judged_against_the_masked_thresholds() {
-        let p = policy();
-        let mut masked = face(0.99);
-        masked.mask = MaskScore {
-            p_masked: 0.97,
-            masked: true,
-        };
-        let r = reservation(Colour::Green);
-        for (m, unmasked_t, masked_t) in [
-            (one_to_one(&r, 0.0), p.match_threshold, p.match_threshold_masked),
-            (
-                one_to_n(Colour::Green, 0.0, None),
-                p.match_threshold_1n,
-                p.match_threshold_1n_masked,
-            ),
-        ] {
-            assert_eq!(run(Some(&face(0.99)), Some(&m), None).threshold, unmasked_t);
-            assert_eq!(run(Some(&masked), Some(&m), None).threshold, masked_t);
-        }
-        // A score between the two thresholds: approved or not depending on the mask verdict.
-        let (lo, hi) = (
-            p.match_threshold_masked.min(p.match_threshold),
-            p.match_threshold_masked.max(p.match_threshold),
-        );
-        let between = one_to_one(&r, (lo + hi) / 2.0);
-        let a = run(Some(&face(0.99)), Some(&between), None).outcome;
-        let b = run(Some(&masked), Some(&between), None).outcome;
-        assert_ne!(a, b, "thresholds {lo} / {hi}");
-    }
-
-    #[test]
-    fn health_colours_map_to_outcomes() {
-        let f = face(0.99);
-        let o = |c| run(Some(&f), Some(&one_to_n(c, 0.8, None)), None).outcome;
-        assert_eq!(o(Colour::Yellow), Outcome::Review);
-        assert_eq!(o(Colour::Red), Outcome::Denied);
-        assert_eq!(o(Colour::Unknown), Outcome::Review);
-        // Expired green is unknown.
-        let mut r = reservation(Colour::Green);
-        r.health.expires_at_ms = NOW - 1;
-        let d = run(
-            Some(&f),
-            Some(&MatchFacts::OneToN {
-                best: Some((r, 0.8)),
-                second: None,
-            }),
-            None,
-        );
-        assert_eq!(d.outcome, Outcome::Review);
-        assert!(d.reasons.contains(&Reason::HealthExpired));
-    }
-
-    #[test]
-    fn a_bad_qr_never_approves_and_a_good_one_counts() {
-        let f = face(0.99);
-        let m = one_to_n(Colour::Green, 0.8, None);
-        for p in [QrProblem::Invalid, QrProblem::Stale, QrProblem::OtherGuest] {
-            let d = run(Some(&f), Some(&m), Some(&Err(p)));
-            assert_eq!(d.outcome, Outcome::Review, "{p:?}");
-        }
-        // A fresh signed RED QR beats an older stored GREEN.
-        let red = HealthRecord {
-            colour: Colour::Red,
-            issued_at_ms: NOW - 60_000,
-            expires_at_ms: NOW + 60_000,
-            source: "kiosk-qr".into(),
-        };
-        assert_eq!(run(Some(&f), Some(&m), Some(&Ok(red))).outcome, Outcome::Denied);
-        // A fresh GREEN QR turns an unknown stored status into a pass.
-        let green = HealthRecord {
-            colour: Colour::Green,
-            issued_at_ms: NOW - 60_000,
-            expires_at_ms: NOW + 60_000,
-            source: "kiosk-qr".into(),
-        };
-        assert_eq!(
-            run(Some(&f), Some(&one_to_n(Colour::Unknown, 0.8, None)), Some(&Ok(green))).outcome,
-            Outcome::Approved
-        );
-    }
-
-    #[test]
-    fn scores_margin_and_liveness() {
-        let p = policy();
-        let f = face(0.99);
-        let t = p.match_threshold_1n;
-        assert_eq!(
-            run(
-                Some(&f),
-                Some(&one_to_n(Colour::Green, t - p.review_band / 2.0, None)),
-                None
-            )
-            .outcome,
-            Outcome::Review
-        );
-        assert_eq!(
-            run(
-                Some(&f),
-                Some(&one_to_n(Colour::Green, t - p.review_band - 0.01, None)),
-                None
-            )
-            .outcome,
-            Outcome::Denied
-        );
-        let d = run(
-            Some(&f),
-            Some(&one_to_n(Colour::Green, t + 0.1, Some(t + 0.1 - p.margin / 2.0))),
-            None,
-        );
-        assert_eq!(d.outcome, Outcome::Review);
-        assert!(d.reasons.contains(&Reason::AmbiguousMatch));
-        let spoof = face(0.1);
-        let d = run(Some(&spoof), Some(&one_to_n(Colour::Green, 0.9, None)), None);
-        assert_ne!(d.outcome, Outcome::Approved);
-        assert!(d.reasons.contains(&Reason::NotLive));
-        assert_eq!(
-            run(
-                Some(&f),
-                Some(&MatchFacts::OneToN {
-                    best: None,
-                    second: None
-                }),
-                None
-            )
-            .outcome,
-            Outcome::Denied
-        );
-    }
-
-    #[test]
-    fn capture_problems_ask_to_retry() {
-        assert_eq!(run(None, None, None).outcome, Outcome::Retry);
-        let mut two = face(0.99);
-        two.quality.comparable_faces = 2;
-        let d = run(Some(&two), Some(&one_to_n(Colour::Green, 0.9, None)), None);
-        assert_eq!((d.outcome, d.reasons[0]), (Outcome::Retry, Reason::MultipleFaces));
-        let mut dark = face(0.99);
-        dark.quality.brightness = 10.0;
-        assert_eq!(run(Some(&dark), None, None).reasons, vec![Reason::TooDark]);
-    }
-
-    #[test]
-    fn stay_rules() {
-        let f = face(0.99);
-        let mut r = reservation(Colour::Green);
-        r.status = ResStatus::CheckedIn;
-        let d = run(Some(&f), Some(&one_to_one(&r, 0.9)), None);
-        assert!(d.reasons.contains(&Reason::AlreadyCheckedIn) && d.outcome == Outcome::Review);
-        r.status = ResStatus::Booked;
-        r.arrival = today().succ_opt().unwrap();
-        r.departure = r.arrival.succ_opt().unwrap();
-        let d = run(Some(&f), Some(&one_to_one(&r, 0.9)), None);
-        assert!(d.reasons.contains(&Reason::WrongArrivalDay) && d.outcome == Outcome::Review);
-        r.status = ResStatus::Cancelled;
-        let d = run(Some(&f), Some(&one_to_one(&r, 0.9)), None);
-        assert_eq!(d.outcome, Outcome::Denied);
-        let d = run(
-            Some(&f),
-            Some(&MatchFacts::OneToOne {
-                reservation: None,
-                score: None,
-            }),
-            None,
-        );
-        assert_eq!((d.outcome, d.reasons[0]), (Outcome::Retry, Reason::ReservationNotFound));
-    }
-
-    #[test]
-    fn reasons_round_trip_by_name() {
-        for r in Reason::ALL {
-            assert_eq!(Reason::parse(r.as_str()), Some(r));
-        }
-    }
-}
+#[path = "policy_tests.rs"]
+mod tests;

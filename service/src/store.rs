@@ -94,8 +94,10 @@ pub struct ConsentRecord {
 
 #[derive(Debug, Clone)]
 pub struct NewTemplate {
-    /// "clean", or a synthetic-mask variant.
+    /// "clean", "masked" (synthetic masks), or a second-stage kind ("teacher", "dlib").
     pub kind: String,
+    /// The model that made it (file name and sha256 prefix).
+    pub model_id: String,
     pub vector: Vec<f32>,
 }
 
@@ -136,6 +138,13 @@ pub struct DecisionRow {
     pub guest_message: String,
     pub final_outcome: String,
     pub override_: Option<OverrideRow>,
+    /// The escalation ladder's steps asked in the stream, in order (e.g. "SHOW_RESERVATION").
+    pub steps: Vec<String>,
+    /// Frames the kiosk sent for this decision, and good frames fused into it.
+    pub frames: u32,
+    pub fused_frames: u32,
+    /// The cascade's fused score and threshold, when its second stage was consulted.
+    pub cascade: Option<(f32, f32)>,
 }
 
 pub trait Store: Send + Sync {
@@ -148,7 +157,6 @@ pub trait Store: Send + Sync {
         property: &str,
         code: &str,
         consent: &ConsentRecord,
-        model_id: &str,
         templates: &[NewTemplate],
         actor: &str,
         now_ms: i64,
@@ -183,7 +191,7 @@ pub trait Store: Send + Sync {
     fn verify_audit(&self) -> Result<Verification>;
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE guests (
@@ -255,6 +263,15 @@ CREATE TABLE audit (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+"#;
+
+/// Version 2: what the escalation ladder and the cascade did, kept with each decision.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE decisions ADD COLUMN steps TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE decisions ADD COLUMN frames INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE decisions ADD COLUMN fused_frames INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE decisions ADD COLUMN cascade_score REAL;
+ALTER TABLE decisions ADD COLUMN cascade_threshold REAL;
 "#;
 
 pub struct SqliteStore {
@@ -335,7 +352,8 @@ fn tpl_row(r: &rusqlite::Row) -> rusqlite::Result<StoredTemplate> {
 const DEC_SELECT: &str =
     "SELECT d.id, d.property_id, d.kiosk_id, d.created_at_ms, d.outcome, d.reasons, d.reservation_code,
     d.guest_id, d.match_score, d.match_threshold, d.live, d.liveness_score, d.masked, d.health_colour, d.guest_message,
-    d.final_outcome, o.action, o.staff_id, o.reason, o.at_ms
+    d.final_outcome, o.action, o.staff_id, o.reason, o.at_ms, d.steps, d.frames, d.fused_frames, d.cascade_score,
+    d.cascade_threshold
     FROM decisions d LEFT JOIN overrides o ON o.decision_id = d.id";
 
 fn dec_row(r: &rusqlite::Row) -> rusqlite::Result<DecisionRow> {
@@ -366,6 +384,13 @@ fn dec_row(r: &rusqlite::Row) -> rusqlite::Result<DecisionRow> {
             }),
             None => None,
         },
+        steps: serde_json::from_str(&r.get::<_, String>(20)?).unwrap_or_default(),
+        frames: r.get::<_, i64>(21)? as u32,
+        fused_frames: r.get::<_, i64>(22)? as u32,
+        cascade: match (r.get::<_, Option<f64>>(23)?, r.get::<_, Option<f64>>(24)?) {
+            (Some(s), Some(t)) => Some((s as f32, t as f32)),
+            _ => None,
+        },
     })
 }
 
@@ -388,6 +413,9 @@ impl SqliteStore {
         }
         if version < 1 {
             conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))?;
+        }
+        if version < 2 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"))?;
         }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
@@ -486,7 +514,6 @@ impl Store for SqliteStore {
         property: &str,
         code: &str,
         consent: &ConsentRecord,
-        model_id: &str,
         templates: &[NewTemplate],
         actor: &str,
         now_ms: i64,
@@ -501,11 +528,14 @@ impl Store for SqliteStore {
                 "UPDATE guests SET consent_method = ?2, consent_text_version = ?3, consent_at_ms = ?4 WHERE guest_id = ?1",
                 params![res.guest_id, consent.method, consent.text_version, consent.at_ms],
             )?;
+            let mut model_ids: Vec<&str> = templates.iter().map(|t| t.model_id.as_str()).collect();
+            model_ids.sort_unstable();
+            model_ids.dedup();
             let mut ids = Vec::new();
             for t in templates {
                 tx.execute(
                     "INSERT INTO templates (guest_id, property_id, model_id, kind, vector, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![res.guest_id, property, model_id, t.kind, vec_to_blob(&t.vector), now_ms],
+                    params![res.guest_id, property, t.model_id, t.kind, vec_to_blob(&t.vector), now_ms],
                 )?;
                 ids.push(tx.last_insert_rowid());
             }
@@ -513,7 +543,7 @@ impl Store for SqliteStore {
                 kind: "face_enrolled",
                 actor: actor.into(),
                 subject: format!("{property}/{code}"),
-                details: json!({"guest_id": res.guest_id, "templates_added": ids.len(), "model_id": model_id,
+                details: json!({"guest_id": res.guest_id, "templates_added": ids.len(), "model_ids": model_ids,
                                 "consent_method": consent.method, "consent_text_version": consent.text_version,
                                 "consent_at_ms": consent.at_ms}),
             };
@@ -616,8 +646,9 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             tx.execute(
                 "INSERT INTO decisions (id, property_id, kiosk_id, created_at_ms, outcome, reasons, reservation_code, guest_id,
-                 match_score, match_threshold, live, liveness_score, masked, health_colour, guest_message, final_outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 match_score, match_threshold, live, liveness_score, masked, health_colour, guest_message, final_outcome,
+                 steps, frames, fused_frames, cascade_score, cascade_threshold)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
                 params![
                     d.id,
                     d.property_id,
@@ -634,7 +665,12 @@ impl Store for SqliteStore {
                     d.masked,
                     d.health_colour,
                     d.guest_message,
-                    d.final_outcome
+                    d.final_outcome,
+                    serde_json::to_string(&d.steps).unwrap_or_default(),
+                    d.frames,
+                    d.fused_frames,
+                    d.cascade.map(|c| c.0 as f64),
+                    d.cascade.map(|c| c.1 as f64)
                 ],
             )?;
             if check_in {
@@ -652,6 +688,8 @@ impl Store for SqliteStore {
                                 "match_score": (d.match_score * 1e4).round() / 1e4,
                                 "match_threshold": (d.match_threshold * 1e4).round() / 1e4,
                                 "live": d.live, "masked": d.masked, "health_colour": d.health_colour,
+                                "steps": d.steps, "frames": d.frames, "fused_frames": d.fused_frames,
+                                "cascade_score": d.cascade.map(|c| (c.0 * 1e4).round() / 1e4),
                                 "checked_in": check_in}),
             };
             append_audit(&tx, &ev, now_ms)?;

@@ -215,3 +215,139 @@ pub mod server {
         }
     }
 }
+
+/// Guests of the end-to-end tests: identities of the data folder, their reservations (property
+/// [`server::PROPERTY`], arriving today), enrolment, health codes and check-ins.
+pub mod guests {
+    use super::server::{TestServer, PROPERTY};
+    use chrono::{Duration, Local};
+    use lobby_kiosk_client::proto as pv;
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    pub fn today() -> String {
+        Local::now().date_naive().to_string()
+    }
+
+    pub fn tomorrow() -> String {
+        (Local::now().date_naive() + Duration::days(1)).to_string()
+    }
+
+    /// Identities of uncropped_identities with their photos, sorted.
+    pub fn identities(data: &Path) -> BTreeMap<String, Vec<PathBuf>> {
+        let dir = data.join("uncropped_identities");
+        let text = std::fs::read_to_string(dir.join("manifest.csv")).expect("manifest.csv");
+        let mut m: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            m.entry(f[1].to_string()).or_default().push(dir.join(f[0]));
+        }
+        for v in m.values_mut() {
+            v.sort();
+        }
+        m
+    }
+
+    pub fn code_of(identity: &str) -> String {
+        format!("R-{identity}")
+    }
+
+    /// Upserts a reservation for today (guest_ref = the identity) and enrols one photo with consent.
+    pub async fn enrol(s: &TestServer, identity: &str, photo: &Path) -> pv::EnrollFaceResponse {
+        let mut c = s.enroller().await;
+        c.upsert_reservation(pv::UpsertReservationRequest {
+            reservation: Some(pv::Reservation {
+                property_id: PROPERTY.into(),
+                reservation_code: code_of(identity),
+                guest: Some(pv::Guest {
+                    guest_id: String::new(),
+                    full_name: format!("Guest {identity}"),
+                    guest_ref: identity.into(),
+                }),
+                arrival_date: today(),
+                departure_date: tomorrow(),
+                status: pv::ReservationStatus::Booked as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("upsert");
+        c.enroll_face(pv::EnrollFaceRequest {
+            property_id: PROPERTY.into(),
+            reservation_code: code_of(identity),
+            photos: vec![std::fs::read(photo).expect("photo")],
+            consent: Some(pv::Consent {
+                granted: true,
+                method: "booking-form".into(),
+                text_version: "v1".into(),
+                recorded_at_ms: 0,
+            }),
+        })
+        .await
+        .expect("enrol")
+        .into_inner()
+    }
+
+    pub async fn set_health(s: &TestServer, identity: &str, colour: pv::HealthColour, valid: bool) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let (issued, expires) = if valid {
+            (now - 60_000, now + 3_600_000)
+        } else {
+            (now - 7_200_000, now - 3_600_000)
+        };
+        s.enroller()
+            .await
+            .update_health_code(pv::UpdateHealthCodeRequest {
+                property_id: PROPERTY.into(),
+                reservation_code: code_of(identity),
+                status: Some(pv::HealthStatus {
+                    colour: colour as i32,
+                    issued_at_ms: issued,
+                    expires_at_ms: expires,
+                    source: "pms".into(),
+                }),
+            })
+            .await
+            .expect("health");
+    }
+
+    pub async fn check_in(s: &TestServer, photo: &Path, code: &str, qr: &str) -> pv::CheckInResponse {
+        s.kiosk()
+            .await
+            .check_in(pv::CheckInRequest {
+                photo: std::fs::read(photo).expect("photo"),
+                reservation_code: code.into(),
+                health_qr: qr.into(),
+            })
+            .await
+            .expect("check-in")
+            .into_inner()
+    }
+
+    pub fn outcome(r: &pv::CheckInResponse) -> pv::Outcome {
+        pv::Outcome::try_from(r.outcome).unwrap()
+    }
+
+    /// MFR2 identities with their photos and real mask labels (from pairs.csv): (unmasked, masked).
+    pub fn mfr2_identities(data: &Path) -> BTreeMap<String, (Vec<PathBuf>, Vec<PathBuf>)> {
+        let dir = data.join("mfr2");
+        let text = std::fs::read_to_string(dir.join("pairs.csv")).expect("mfr2/pairs.csv");
+        let mut label: BTreeMap<String, bool> = BTreeMap::new();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            label.insert(f[0].to_string(), f[3] != "no-mask");
+            label.insert(f[1].to_string(), f[4] != "no-mask");
+        }
+        let mut m: BTreeMap<String, (Vec<PathBuf>, Vec<PathBuf>)> = BTreeMap::new();
+        for (rel, masked) in label {
+            let id = rel.split('/').nth(1).expect("images/ID/file").to_string();
+            let e = m.entry(id).or_default();
+            if masked {
+                e.1.push(dir.join(&rel))
+            } else {
+                e.0.push(dir.join(&rel))
+            }
+        }
+        m
+    }
+}

@@ -1,118 +1,18 @@
 //! The check-in service end to end: a real server on 127.0.0.1:0, real models, real photos, real
 //! SQLite, real gRPC.
 
-use chrono::{Duration, Local};
 use ed25519_dalek::SigningKey;
 use lobby_kiosk_client::proto as pv;
 use lobby_service::health::{public_key_b64, sign_qr, Colour, QrPayload};
+use lobby_tests::guests::{check_in, code_of, enrol, identities, mfr2_identities, outcome, set_health};
 use lobby_tests::server::{scratch_dir, start, start_with, TestServer, PROPERTY};
 use lobby_tests::{data_dir, read};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tonic::Code;
 
 fn issuer() -> SigningKey {
     SigningKey::from_bytes(&[42u8; 32])
-}
-
-fn today() -> String {
-    Local::now().date_naive().to_string()
-}
-
-fn tomorrow() -> String {
-    (Local::now().date_naive() + Duration::days(1)).to_string()
-}
-
-/// Identities of uncropped_identities with their photos, sorted.
-fn identities(data: &Path) -> BTreeMap<String, Vec<PathBuf>> {
-    let dir = data.join("uncropped_identities");
-    let text = std::fs::read_to_string(dir.join("manifest.csv")).expect("manifest.csv");
-    let mut m: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        m.entry(f[1].to_string()).or_default().push(dir.join(f[0]));
-    }
-    for v in m.values_mut() {
-        v.sort();
-    }
-    m
-}
-
-fn code_of(identity: &str) -> String {
-    format!("R-{identity}")
-}
-
-/// Upserts a reservation for today (guest_ref = the identity) and enrols one photo with consent.
-async fn enrol(s: &TestServer, identity: &str, photo: &Path) -> pv::EnrollFaceResponse {
-    let mut c = s.enroller().await;
-    c.upsert_reservation(pv::UpsertReservationRequest {
-        reservation: Some(pv::Reservation {
-            property_id: PROPERTY.into(),
-            reservation_code: code_of(identity),
-            guest: Some(pv::Guest {
-                guest_id: String::new(),
-                full_name: format!("Guest {identity}"),
-                guest_ref: identity.into(),
-            }),
-            arrival_date: today(),
-            departure_date: tomorrow(),
-            status: pv::ReservationStatus::Booked as i32,
-            ..Default::default()
-        }),
-    })
-    .await
-    .expect("upsert");
-    c.enroll_face(pv::EnrollFaceRequest {
-        property_id: PROPERTY.into(),
-        reservation_code: code_of(identity),
-        photos: vec![std::fs::read(photo).expect("photo")],
-        consent: Some(pv::Consent {
-            granted: true,
-            method: "booking-form".into(),
-            text_version: "v1".into(),
-            recorded_at_ms: 0,
-        }),
-    })
-    .await
-    .expect("enrol")
-    .into_inner()
-}
-
-async fn set_health(s: &TestServer, identity: &str, colour: pv::HealthColour, valid: bool) {
-    let now = chrono::Utc::now().timestamp_millis();
-    let (issued, expires) = if valid {
-        (now - 60_000, now + 3_600_000)
-    } else {
-        (now - 7_200_000, now - 3_600_000)
-    };
-    s.enroller()
-        .await
-        .update_health_code(pv::UpdateHealthCodeRequest {
-            property_id: PROPERTY.into(),
-            reservation_code: code_of(identity),
-            status: Some(pv::HealthStatus {
-                colour: colour as i32,
-                issued_at_ms: issued,
-                expires_at_ms: expires,
-                source: "pms".into(),
-            }),
-        })
-        .await
-        .expect("health");
-}
-
-async fn check_in(s: &TestServer, photo: &Path, code: &str, qr: &str) -> pv::CheckInResponse {
-    s.kiosk()
-        .await
-        .check_in(pv::CheckInRequest {
-            photo: std::fs::read(photo).expect("photo"),
-            reservation_code: code.into(),
-            health_qr: qr.into(),
-        })
-        .await
-        .expect("check-in")
-        .into_inner()
 }
 
 /// A fresh server with one guest enrolled (the first identity with at least `min_photos` photos,
@@ -133,10 +33,6 @@ async fn one_guest(
     Some((s, id, photos))
 }
 
-fn outcome(r: &pv::CheckInResponse) -> pv::Outcome {
-    pv::Outcome::try_from(r.outcome).unwrap()
-}
-
 fn qr(key: &SigningKey, guest_ref: &str, colour: Colour, issued_ago_s: i64, expires_in_s: i64) -> String {
     let now = chrono::Utc::now().timestamp();
     sign_qr(
@@ -150,13 +46,14 @@ fn qr(key: &SigningKey, guest_ref: &str, colour: Colour, issued_ago_s: i64, expi
     )
 }
 
-/// Every uncropped identity with 2+ photos: enrol the first photo, check in with the others in turn
-/// (as a kiosk takes frames) until one is not RETRY -> that decision never names another guest's
-/// reservation; it names the right one (APPROVED, or REVIEW when the score falls in the review band
-/// under the calibrated 1:N threshold) for all but at most a tenth of the identities, which may be
-/// missed (NO_MATCH): at the 1:N threshold (FMR 1e-5) LFW's genuine pairs reach TAR 89.6 %, and 5.3 %
-/// of them score under 0.528 (FMR 1e-4), next to the review band's floor 0.51. The single-photo
-/// identities are enrolled too, as distractors.
+/// Every uncropped identity with 2+ photos: enrol the first photo, check in 1:N with the others in
+/// turn (as a kiosk takes frames) until one is not capture guidance. A face that matches nobody
+/// confidently is asked for the booking code (RETRY SHOW_RESERVATION, the escalation ladder); the
+/// kiosk calls again with it and the face is judged 1:1. No decision ever names another guest's
+/// reservation; most guests are approved 1:N outright (the cascade reaches TAR 90.7 % at FMR 1e-5
+/// per comparison on LFW's genuine pairs), and nearly all after the code; a guest the code does not
+/// help goes to the desk (REVIEW), never DENIED. The single-photo identities are enrolled too, as
+/// distractors.
 ///
 /// These are web photos, not live captures: passive liveness is not meaningful on them (it is tested
 /// on live and replayed captures in `pipeline.rs` and in the policy's unit tests), so this test
@@ -177,12 +74,11 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
         assert_eq!(r.templates_stored, 1, "{id}: enrolment photo refused: {:?}", r.photos);
         set_health(&s, id, pv::HealthColour::Green, true).await;
     }
-    let (mut approved, mut probes, mut latencies) = (0, 0, Vec::new());
-    let (mut wrong, mut missed) = (Vec::new(), Vec::new());
+    let (mut approved, mut after_code, mut probes, mut latencies) = (0, 0, 0, Vec::new());
+    let (mut wrong, mut desk) = (Vec::new(), Vec::new());
     let mut no_usable_photo = Vec::new();
-    let mut usable: Vec<(String, PathBuf)> = Vec::new();
     let mut approved_probes: Vec<(String, PathBuf)> = Vec::new();
-    let mut review_right = 0;
+    let show_code = [pv::Reason::ShowReservation as i32];
     for (id, photos) in ids.iter().filter(|(_, p)| p.len() >= 2) {
         let mut decided = None;
         for probe in &photos[1..] {
@@ -195,7 +91,7 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
                 "{id} approved as {}",
                 r.reservation_code
             );
-            if outcome(&r) != pv::Outcome::Retry {
+            if outcome(&r) != pv::Outcome::Retry || r.reasons == show_code {
                 decided = Some((probe.clone(), r));
                 break;
             }
@@ -205,56 +101,49 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
             continue;
         };
         probes += 1;
-        usable.push((id.clone(), probe.clone()));
-        let low_score_review =
-            outcome(&r) == pv::Outcome::Review && r.reasons.contains(&(pv::Reason::LowMatchScore as i32));
-        if outcome(&r) == pv::Outcome::Approved && r.reservation_code == code_of(id) {
+        if outcome(&r) == pv::Outcome::Approved {
             approved += 1;
             approved_probes.push((id.clone(), probe.clone()));
-        } else if low_score_review && r.reservation_code == code_of(id) {
-            // Right guest, score in the review band under the 1:N threshold: the front desk confirms.
-            review_right += 1;
-        } else if outcome(&r) == pv::Outcome::Denied
-            && r.reasons == [pv::Reason::NoMatch as i32]
-            && r.reservation_code.is_empty()
-        {
-            // A genuine guest scored under the review band: a false non-match, no one else named.
-            missed.push(format!("{id} {}: score {:.3}", probe.display(), r.match_score));
-        } else {
-            wrong.push(format!(
-                "{id} {}: {:?} {:?} score {:.3} reservation {}",
-                probe.display(),
-                outcome(&r),
-                lobby_kiosk_client::reason_names(&r.reasons),
-                r.match_score,
-                r.reservation_code
-            ));
+            continue;
+        }
+        if r.reasons != show_code {
+            wrong.push(format!("{id} {}: {:?} {:?}", probe.display(), outcome(&r), r.reasons));
+            continue;
+        }
+        // Not confident 1:N: the kiosk asked for the code; the guest gives it.
+        assert!(
+            r.reservation_code.is_empty(),
+            "{id}: the kiosk is told {}",
+            r.reservation_code
+        );
+        let r = check_in(&s, &probe, &code_of(id), "").await;
+        match outcome(&r) {
+            pv::Outcome::Approved if r.reservation_code == code_of(id) => after_code += 1,
+            pv::Outcome::Review => desk.push(format!("{id}: {:?} score {:.3}", r.reasons, r.match_score)),
+            o => wrong.push(format!("{id} with the code: {o:?} {:?}", r.reasons)),
         }
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
     eprintln!(
-        "1:N check-in: {approved}/{probes} identities approved for the right reservation, {review_right} sent to review for the right reservation (no usable probe photo: {no_usable_photo:?}); \
-         client latency over {} check-ins: p50 {:.1} ms, max {:.1} ms",
+        "1:N check-in: {approved}/{probes} identities approved outright, {after_code} after giving the code, \
+         {} to the desk {desk:?} (no usable probe photo: {no_usable_photo:?}); client latency over {} check-ins: \
+         p50 {:.1} ms, max {:.1} ms",
+        desk.len(),
         latencies.len(),
         latencies[latencies.len() / 2],
         latencies[latencies.len() - 1]
     );
     assert!(probes >= 15, "only {probes} identities had a usable probe photo");
-    // No probe is identified as anyone else, or given any other decision than the three above.
+    // No probe is identified as anyone else, DENIED, or given any other answer than the above.
     assert!(wrong.is_empty(), "wrong decisions:\n{}", wrong.join("\n"));
-    // False non-matches stay within what the calibration predicts.
-    eprintln!("missed (NO_MATCH for an enrolled guest): {missed:?}");
-    assert!(
-        missed.len() * 10 <= probes,
-        "{} of {probes} genuine probes missed:\n{}",
-        missed.len(),
-        missed.join("\n")
-    );
-    // The 1:N threshold is calibrated at FMR 1e-5, where LFW's genuine pairs reach TAR 89.5 %: most
-    // genuine check-ins are approved outright, the rest go to the desk for the right reservation.
     assert!(
         approved as f64 >= 0.85 * probes as f64,
-        "only {approved}/{probes} approved outright ({review_right} to review for the right reservation)"
+        "only {approved}/{probes} approved outright ({after_code} after the code)"
+    );
+    assert!(
+        desk.len() * 10 <= probes,
+        "{} of {probes} genuine guests still at the desk after giving the code",
+        desk.len()
     );
     // Checked in now: a second attempt is not approved again.
     let (id, probe) = &approved_probes[0];
@@ -503,7 +392,8 @@ async fn erased_guest_is_no_longer_matched() {
     let before = check_in(&s, &photos[1], "", "").await;
     assert_eq!(before.reservation_code, code_of(id), "matched before erasure");
     let db_path = s.data_dir.join("lobby.sqlite3");
-    // Mask-aware enrolment stored two templates of the one photo: clean and masked.
+    // Enrolment stored four templates of the one photo: clean, masked (mask-aware enrolment) and the
+    // cascade's second stage (teacher, dlib).
     let blobs: Vec<(String, Vec<u8>)> = {
         let c = rusqlite::Connection::open(&db_path).unwrap();
         let mut q = c.prepare("SELECT kind, vector FROM templates ORDER BY id").unwrap();
@@ -511,7 +401,7 @@ async fn erased_guest_is_no_longer_matched() {
         rows.map(Result::unwrap).collect()
     };
     let kinds: Vec<&str> = blobs.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["clean", "masked"]);
+    assert_eq!(kinds, ["clean", "masked", "teacher", "dlib"]);
     let e = s
         .enroller()
         .await
@@ -523,7 +413,7 @@ async fn erased_guest_is_no_longer_matched() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(e.templates_deleted, 2);
+    assert_eq!(e.templates_deleted, 4);
     let after = check_in(&s, &photos[1], "", "").await;
     assert_ne!(outcome(&after), pv::Outcome::Approved);
     assert!(
@@ -737,7 +627,10 @@ async fn restart_keeps_reservations_templates_and_decisions() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(res.templates, 2, "one enrolment photo: a clean and a masked template");
+    assert_eq!(
+        res.templates, 4,
+        "one enrolment photo: clean, masked, and the cascade's teacher and dlib templates"
+    );
     assert!(res.consent_recorded);
     let d = s
         .staff()
@@ -963,7 +856,7 @@ async fn stream_gives_guidance_until_a_final_decision() {
             ..Default::default()
         },
         pv::CheckInRequest {
-            photo: read(&data, "edge_cases/multi_face/two_people.jpg"),
+            photo: read(&data, "edge_cases/multi_face/compreface_011_3.jpg"),
             ..Default::default()
         },
         pv::CheckInRequest {
@@ -1049,29 +942,6 @@ async fn overload_is_resource_exhausted_and_the_server_recovers() {
     s.stop().await;
 }
 
-/// MFR2 identities with their photos and real mask labels (from pairs.csv): (unmasked, masked).
-fn mfr2_identities(data: &Path) -> BTreeMap<String, (Vec<PathBuf>, Vec<PathBuf>)> {
-    let dir = data.join("mfr2");
-    let text = std::fs::read_to_string(dir.join("pairs.csv")).expect("mfr2/pairs.csv");
-    let mut label: BTreeMap<String, bool> = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        label.insert(f[0].to_string(), f[3] != "no-mask");
-        label.insert(f[1].to_string(), f[4] != "no-mask");
-    }
-    let mut m: BTreeMap<String, (Vec<PathBuf>, Vec<PathBuf>)> = BTreeMap::new();
-    for (rel, masked) in label {
-        let id = rel.split('/').nth(1).expect("images/ID/file").to_string();
-        let e = m.entry(id).or_default();
-        if masked {
-            e.1.push(dir.join(&rel))
-        } else {
-            e.0.push(dir.join(&rel))
-        }
-    }
-    m
-}
-
 /// Mask-tolerant check-in on real masks: guests enrolled from an unmasked photo (MFR2) check in
 /// wearing a mask (1:1 with the reservation code) -> the answer says masked and uses the masked
 /// threshold; masked guests are APPROVED for their own reservation (the calibration promises only a
@@ -1124,7 +994,9 @@ async fn masked_guests_enrolled_unmasked_check_in() {
     let masked_threshold = s_policy_masked_threshold();
     for (_, (id, (_, masked))) in guests.iter().filter(|(_, (id, _))| enrolled.contains(id)) {
         let r = check_in(&s, &masked[0], &code_of(id), "").await;
-        if outcome(&r) == pv::Outcome::Retry {
+        // A masked face below its threshold is asked to lower the mask (the escalation ladder): a
+        // decision on the masked face all the same. Other RETRYs are capture guidance.
+        if outcome(&r) == pv::Outcome::Retry && r.reasons != [pv::Reason::LowerMask as i32] {
             continue;
         }
         probes += 1;

@@ -7,22 +7,25 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use lobby_bench::capture::{self, CaptureFacts, ScoredPair};
+use lobby_bench::cascade::{self, PairScores};
 use lobby_bench::datasets::{self, Pair};
 use lobby_bench::metrics::{self, det_points, kfold, percentile, tar_at_far};
 use lobby_bench::plot::{det_png, Curve, COLORS};
 use lobby_models::{default_model_dir, ensure, Source};
+use lobby_service::app::App;
+use lobby_service::config::Settings;
 use lobby_service::gallery::fused;
+use lobby_service::matching::Mode;
 use lobby_service::vision::mask::{self, MaskSpec, SplitMix};
-use lobby_service::vision::{Embedding, Face, MaskScore, Vision, VisionConfig};
+use lobby_service::vision::second::SecondViews;
+use lobby_service::vision::{Embedding, Face, MaskScore, SecondEmbeddings, SecondInput, Vision};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
-
-/// Liveness decision threshold on the fused p(real); the service's default.
-const LIVENESS_THRESHOLD: f32 = lobby_service::vision::liveness::DEFAULT_THRESHOLD;
 
 #[derive(Parser)]
 #[command(name = "lobby-eval", about = "Evaluate Lobby's face pipeline on a data folder")]
@@ -44,6 +47,17 @@ struct Args {
     /// measuring the resize policy's effect on accuracy.
     #[arg(long)]
     detector_first_pass: Option<f32>,
+    /// The service's settings file whose thresholds are checked (`calibration.cascade.service`);
+    /// the embedded defaults (and LOBBY__ variables) when not given.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Only these sections (comma-separated: lfw, mfr2, rwmfd, liveness, edge_cases, uncropped);
+    /// all when not given.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Liveness sees faces at most this large (px, 0: as they are); the service's setting when not given.
+    #[arg(long)]
+    liveness_max_face: Option<f32>,
 }
 
 #[derive(Default)]
@@ -70,12 +84,18 @@ struct Processed {
     /// The mask detector on the face as it is.
     mask: Option<MaskScore>,
     p_real: Option<f32>,
+    /// Each liveness model's p(real): MiniFASNetV2 (x2.7), MiniFASNetV1SE (x4.0).
+    p_real_models: Option<[f32; 2]>,
     error: Option<String>,
     /// Mask-aware enrolment's masked template of this face (`Vision::masked_template`).
     masked_template: Option<Embedding>,
     /// The photo with a synthetic mask (`vision::mask`, drawn from the image's seed), analysed as a
     /// kiosk photo: detected again (clean landmarks when missed), embedded, mask detector run.
     masked_probe: Option<MaskedProbe>,
+    /// The cascade's second-stage embeddings (teacher and dlib, the face and its mirror apart).
+    second: Option<SecondViews>,
+    /// What the capture checks read (with the embedding).
+    capture: Option<CaptureFacts>,
 }
 
 #[derive(Clone)]
@@ -98,9 +118,10 @@ impl Ctx {
         r
     }
 
-    /// Decode, detect, pick the primary face; then embed and/or run liveness; with `mask_seed`, also
-    /// the masked template and a synthetically masked probe.
-    fn process(&self, path: &Path, embed: bool, liveness: bool, mask_seed: Option<u64>) -> Processed {
+    /// Decode, detect, pick the primary face; then embed (and, with `second`, the second-stage
+    /// embeddings) and/or run liveness; with `mask_seed`, also the masked template and a
+    /// synthetically masked probe.
+    fn process(&self, path: &Path, embed: bool, liveness: bool, mask_seed: Option<u64>, second: bool) -> Processed {
         let fail = |e: String| Processed {
             error: Some(e),
             ..Processed::default()
@@ -129,11 +150,38 @@ impl Ctx {
         if embed {
             let r = self
                 .time("align", || self.vision.align(&img, face))
-                .and_then(|aligned| self.time("embed", || self.vision.embed_and_mask(&aligned)));
+                .and_then(|aligned| {
+                    out.capture = Some(CaptureFacts {
+                        width: img.width(),
+                        height: img.height(),
+                        faces: faces.iter().map(|f| f.bbox).collect(),
+                        primary: i,
+                        quality: lobby_service::vision::quality::measure(
+                            &faces,
+                            i,
+                            img.width(),
+                            img.height(),
+                            &aligned,
+                        ),
+                        masked: false,
+                    });
+                    let (e, m) = self.time("embed", || self.vision.embed_and_mask(&aligned))?;
+                    let s = if second {
+                        let input = SecondInput::new(&img, &face.landmarks, &aligned)?;
+                        Some(self.time("second_stage", || self.vision.second_views(&input))?)
+                    } else {
+                        None
+                    };
+                    Ok((e, m, s))
+                });
             match r {
-                Ok((e, m)) => {
+                Ok((e, m, s)) => {
+                    if let Some(c) = out.capture.as_mut() {
+                        c.masked = m.masked;
+                    }
                     out.mask = Some(m);
                     out.embedding = Some(e);
+                    out.second = s;
                 }
                 Err(e) => out.error = Some(format!("{}: {e}", path.display())),
             }
@@ -144,7 +192,10 @@ impl Ctx {
         }
         if liveness {
             match self.time("liveness", || self.vision.liveness(&img, face)) {
-                Ok(l) => out.p_real = Some(l.p_real),
+                Ok(l) => {
+                    out.p_real = Some(l.p_real);
+                    out.p_real_models = Some([l.p_real_v2, l.p_real_v1se]);
+                }
                 Err(e) => out.error = Some(format!("{}: {e}", path.display())),
             }
         }
@@ -174,12 +225,24 @@ impl Ctx {
     /// `process` over sorted `paths`; `masked` adds the mask extras, image i's probe mask drawn from
     /// seed `EVAL_MASK_SEED + i`.
     fn process_all(&self, paths: &[PathBuf], embed: bool, liveness: bool, masked: bool) -> HashMap<PathBuf, Processed> {
+        self.process_all_with(paths, embed, liveness, masked, false)
+    }
+
+    /// [`Ctx::process_all`], with the second-stage embeddings when `second`.
+    fn process_all_with(
+        &self,
+        paths: &[PathBuf],
+        embed: bool,
+        liveness: bool,
+        masked: bool,
+        second: bool,
+    ) -> HashMap<PathBuf, Processed> {
         paths
             .par_iter()
             .enumerate()
             .map(|(i, p)| {
                 let seed = masked.then_some(EVAL_MASK_SEED + i as u64);
-                (p.clone(), self.process(p, embed, liveness, seed))
+                (p.clone(), self.process(p, embed, liveness, seed, second))
             })
             .collect()
     }
@@ -254,15 +317,15 @@ fn kfold_subset(scores: &[f32], pairs: &[Pair], keep: impl Fn(&Pair) -> bool) ->
     kfold(&s, &l, &f)
 }
 
-fn eval_lfw(ctx: &Ctx, dir: &Path, out: &Path) -> Result<(Value, Value, f32)> {
+fn eval_lfw(ctx: &Ctx, dir: &Path, out: &Path, settings: &Settings) -> Result<(Value, Value, f32)> {
     let pairs = datasets::lfw_pairs(dir)?;
     let images = unique_images(&pairs);
     eprintln!(
-        "lfw: {} pairs, {} images (each also masked, and enrolled mask-aware)",
+        "lfw: {} pairs, {} images (each also masked, and enrolled mask-aware; second-stage embeddings)",
         pairs.len(),
         images.len()
     );
-    let done = ctx.process_all(&images, true, false, true);
+    let done = ctx.process_all_with(&images, true, false, true, true);
     let found = done.values().filter(|p| p.embedding.is_some()).count();
     let scores = pair_scores(&pairs, &done);
     let labels: Vec<bool> = pairs.iter().map(|p| p.same).collect();
@@ -310,6 +373,13 @@ fn eval_lfw(ctx: &Ctx, dir: &Path, out: &Path) -> Result<(Value, Value, f32)> {
     )?;
     let all_pairs = all_pairs_calibration(&done);
     let masked_calibration = masked_probe_calibration(&done, &pairs, held_out);
+    let cascade = cascade_calibration(&done, &pairs, settings);
+    let capture = capture_costs(&done, settings, |p| {
+        p.parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+    });
     let synthetic = json!({
         "accuracy": round(mk.mean, 5),
         "accuracy_std": round(mk.std, 5),
@@ -352,6 +422,8 @@ fn eval_lfw(ctx: &Ctx, dir: &Path, out: &Path) -> Result<(Value, Value, f32)> {
         "det_png": det.display().to_string(),
         "all_pairs": all_pairs,
         "masked_probe_all_pairs": masked_calibration,
+        "cascade": cascade,
+        "capture": capture,
         "mask_detector": mask_detector,
     });
     Ok((v, synthetic, threshold))
@@ -463,7 +535,176 @@ fn all_pairs_calibration(done: &HashMap<PathBuf, Processed>) -> Value {
     )
 }
 
-fn eval_mfr2(ctx: &Ctx, dir: &Path, out: &Path) -> Result<Value> {
+/// Every pair of LFW images (identity = folder), scored by each of the three models; a pair is
+/// held out when its identity's fold is one the trained models never saw.
+fn all_pair_scores(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], flip: [bool; 2]) -> PairScores {
+    let mut fold_of: HashMap<String, usize> = HashMap::new();
+    let id_of = |p: &Path| {
+        p.parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+    };
+    for p in pairs {
+        for img in [&p.a, &p.b] {
+            if let Some(id) = id_of(img) {
+                fold_of.insert(id, p.fold);
+            }
+        }
+    }
+    let mut items: Vec<(String, &Embedding, SecondEmbeddings)> = done
+        .iter()
+        .filter_map(|(p, x)| {
+            let second = x.second.as_ref()?.embeddings(flip).ok()?;
+            Some((id_of(p)?, x.embedding.as_ref()?, second))
+        })
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let rows: Vec<PairScores> = (0..items.len())
+        .into_par_iter()
+        .map(|i| {
+            let mut s = PairScores::default();
+            let (id, e, x) = &items[i];
+            let held = !fold_of.get(id).is_some_and(|f| MASK_TRAIN_FOLDS.contains(f));
+            for (id2, e2, x2) in &items[i + 1..] {
+                s.student.push(e.cosine(e2));
+                s.teacher.push(x.teacher.cosine(&x2.teacher));
+                s.dlib.push(match (&x.dlib, &x2.dlib) {
+                    (Some(a), Some(b)) => a.cosine(b),
+                    _ => -1.0,
+                });
+                s.genuine.push(id == id2);
+                s.held_out.push(held);
+            }
+            s
+        })
+        .collect();
+    let mut all = PairScores::default();
+    for r in rows {
+        all.student.extend(r.student);
+        all.teacher.extend(r.teacher);
+        all.dlib.extend(r.dlib);
+        all.genuine.extend(r.genuine);
+        all.held_out.extend(r.held_out);
+    }
+    all
+}
+
+/// Each capture check's cost on the photos of `done` (every photo's facts) and, over every pair of
+/// them (identity from `id_of`), what it protects.
+fn capture_costs(
+    done: &HashMap<PathBuf, Processed>,
+    settings: &Settings,
+    id_of: impl Fn(&Path) -> Option<String>,
+) -> Value {
+    let mut items: Vec<(String, &CaptureFacts, &Embedding)> = done
+        .iter()
+        .filter_map(|(p, x)| Some((id_of(p)?, x.capture.as_ref()?, x.embedding.as_ref()?)))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let facts: Vec<CaptureFacts> = items.iter().map(|(_, f, _)| (*f).clone()).collect();
+    let mut pairs = Vec::new();
+    for i in 0..items.len() {
+        for j in i + 1..items.len() {
+            pairs.push(ScoredPair {
+                a: i,
+                b: j,
+                score: items[i].2.cosine(items[j].2),
+                genuine: items[i].0 == items[j].0,
+            });
+        }
+    }
+    let p = &settings.policy;
+    json!({
+        "photos": facts.len(),
+        "genuine_pairs": pairs.iter().filter(|q| q.genuine).count(),
+        "tar_all_1to1": pairs.iter().filter(|q| q.genuine && q.score >= p.match_threshold).count() as f64
+            / pairs.iter().filter(|q| q.genuine).count().max(1) as f64,
+        "false_matches_all_1to1": pairs.iter().filter(|q| !q.genuine && q.score >= p.match_threshold).count(),
+        "false_matches_all_1ton": pairs.iter().filter(|q| !q.genuine && q.score >= p.match_threshold_1n).count(),
+        "rules": capture::costs(p, &facts, &pairs),
+    })
+}
+
+/// The cascade on LFW all pairs: z-normalisation statistics, the student's own thresholds, and for
+/// each weighting the fused thresholds that keep 1:1 at FMR 1e-4 (band: the student's 1e-3..1e-5
+/// thresholds) and 1:N at 1e-5 per comparison (band 1e-4..1e-6), with what each buys; then the
+/// service's configured thresholds run over the same pairs.
+fn cascade_calibration(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], settings: &Settings) -> Value {
+    let p = &settings.policy;
+    let mut variants = serde_json::Map::new();
+    let mut head = Value::Null;
+    for flip in [[true, true], [true, false], [false, true], [false, false]] {
+        let s = all_pair_scores(done, pairs, flip);
+        let z = cascade::znorm_stats(&s);
+        let t = |fmr: f64| cascade::student_threshold(&s, fmr);
+        let (t3, t4, t5, t6) = (t(1e-3), t(1e-4), t(1e-5), t(1e-6));
+        let mut student_policy = p.clone();
+        student_policy.match_threshold = t4;
+        student_policy.match_threshold_1n = t5;
+        if head.is_null() {
+            let mut alone = settings.cascade.clone();
+            alone.enabled = false;
+            head = json!({
+                "pairs": s.len(),
+                "genuine_pairs": s.genuine.iter().filter(|g| **g).count(),
+                "impostor_pairs": s.genuine.iter().filter(|g| !**g).count(),
+                "student_thresholds": {"fmr_1e-3": t3, "fmr_1e-4": t4, "fmr_1e-5": t5, "fmr_1e-6": t6},
+                "student_alone": {
+                    "one_to_one": cascade::operate(&s, &student_policy, &alone, Mode::OneToOne),
+                    "one_to_n": cascade::operate(&s, &student_policy, &alone, Mode::OneToN),
+                },
+            });
+        }
+        for (name, w) in [
+            ("student_teacher_dlib", [0.1, 0.7, 0.2]),
+            ("student_teacher", [0.1, 0.9, 0.0]),
+        ] {
+            let mut c = settings.cascade.clone();
+            c.enabled = true;
+            c.weights = w;
+            c.flip = flip;
+            c.impostor_mean = z.mean;
+            c.impostor_sd = z.sd;
+            c.one_to_one = cascade::calibrate_band(&s, &c, t3, t5, 1e-4);
+            c.one_to_n = cascade::calibrate_band(&s, &c, t4, t6, 1e-5);
+            let key = format!(
+                "{name}{}{}",
+                if flip[0] { "+teacher_flip" } else { "" },
+                if flip[1] && w[2] > 0.0 { "+dlib_flip" } else { "" }
+            );
+            if variants.contains_key(&key) {
+                continue;
+            }
+            variants.insert(
+                key,
+                json!({
+                    "weights": w,
+                    "flip": flip,
+                    "znorm": z,
+                    "one_to_one": {"band": c.one_to_one.band, "threshold": c.one_to_one.threshold,
+                                    "operating": cascade::operate(&s, &student_policy, &c, Mode::OneToOne)},
+                    "one_to_n": {"band": c.one_to_n.band, "threshold": c.one_to_n.threshold,
+                                  "operating": cascade::operate(&s, &student_policy, &c, Mode::OneToN)},
+                }),
+            );
+        }
+    }
+    let s = all_pair_scores(done, pairs, settings.cascade.flip);
+    let mut out = head;
+    out["variants"] = Value::Object(variants);
+    out["service"] = json!({
+        "cascade_enabled": settings.cascade.enabled,
+        "weights": settings.cascade.weights,
+        "flip": settings.cascade.flip,
+        "one_to_one": cascade::operate(&s, p, &settings.cascade, Mode::OneToOne),
+        "one_to_n": cascade::operate(&s, p, &settings.cascade, Mode::OneToN),
+    });
+    out["note"] = json!("every pair of LFW images (folds 1-5 and the extra images per identity), unmasked probes; each variant's z-statistics and thresholds calibrated on these pairs; 'service' runs the configured thresholds (defaults.toml or --config) with matching::judge; tar_held_out counts genuine pairs of the folds the trained models never saw");
+    out
+}
+
+fn eval_mfr2(ctx: &Ctx, dir: &Path, out: &Path, settings: &Settings) -> Result<Value> {
     let pairs = datasets::mfr2_pairs(dir)?;
     let images = unique_images(&pairs);
     eprintln!("mfr2: {} pairs, {} images", pairs.len(), images.len());
@@ -551,6 +792,9 @@ fn eval_mfr2(ctx: &Ctx, dir: &Path, out: &Path) -> Result<Value> {
             "unmasked": verdicts.iter().filter(|(l, _)| !*l).count(),
         },
         "det_png": det.display().to_string(),
+        "capture": capture_costs(&done, settings, |p| {
+            p.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).map(str::to_string)
+        }),
         "note": "pairs scored as the service scores them: the unmasked image enrolled mask-aware, the other the probe; k-fold accuracy, the masked-probe subset with its own thresholds",
     }))
 }
@@ -574,66 +818,153 @@ fn eval_rwmfd(ctx: &Ctx, dir: &Path) -> Result<Value> {
     }))
 }
 
-fn eval_liveness(ctx: &Ctx, data: &Path, out: &Path) -> Result<Option<Value>> {
-    let samples = datasets::liveness_samples(data)?;
+/// Real photos of real people as further bona fide liveness samples: every uncropped identity's
+/// photo, and the first photo of the first `lfw_n` LFW identities (sorted).
+fn real_photo_samples(data: &Path, lfw_n: usize) -> Vec<datasets::LiveSample> {
+    let mut out = Vec::new();
+    let files = |dir: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    for id in files(&data.join("uncropped_identities/images")) {
+        for path in files(&id) {
+            out.push(datasets::LiveSample {
+                path,
+                live: true,
+                source: "uncropped_real",
+            });
+        }
+    }
+    for id in files(&data.join("lfw/images")).into_iter().take(lfw_n) {
+        if let Some(path) = files(&id).into_iter().next() {
+            out.push(datasets::LiveSample {
+                path,
+                live: true,
+                source: "lfw_real",
+            });
+        }
+    }
+    out
+}
+
+fn eval_liveness(ctx: &Ctx, data: &Path, out: &Path, threshold: f32) -> Result<Option<Value>> {
+    let mut samples = datasets::liveness_samples(data)?;
     if samples.is_empty() {
         return Ok(None);
     }
+    samples.extend(real_photo_samples(data, 300));
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     eprintln!("liveness: {} images", paths.len());
     let done = ctx.process_all(&paths, false, true, false);
-    let mut by_source: BTreeMap<&str, [usize; 6]> = BTreeMap::new(); // attacks, accepted, live, rejected, no-face attacks, no-face live
-    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    // Per source: (p_real or None when no face was found, live).
+    let mut by_source: BTreeMap<&str, Vec<(Option<f32>, bool)>> = BTreeMap::new();
+    // The samples nearest the wrong side: live photos scored lowest, attacks scored highest.
+    let mut borderline: BTreeMap<&str, Vec<(f32, String)>> = BTreeMap::new();
     for s in &samples {
-        let e = by_source.entry(s.source).or_default();
         let p = done.get(&s.path).and_then(|p| p.p_real);
-        // No face found: nothing to accept, so an attack is stopped and a live guest is rejected.
-        let accepted = p.map(|p| p >= LIVENESS_THRESHOLD).unwrap_or(false);
-        if s.live {
-            e[2] += 1;
-            e[3] += (!accepted) as usize;
-            e[5] += p.is_none() as usize;
-        } else {
-            e[0] += 1;
-            e[1] += accepted as usize;
-            e[4] += p.is_none() as usize;
-        }
-        scores.push(p.unwrap_or(0.0));
-        labels.push(s.live);
+        by_source.entry(s.source).or_default().push((p, s.live));
+        let rel = s.path.strip_prefix(data).unwrap_or(&s.path).display().to_string();
+        borderline
+            .entry(s.source)
+            .or_default()
+            .push((if s.live { p.unwrap_or(0.0) } else { -p.unwrap_or(0.0) }, rel));
     }
-    let tot = by_source.values().fold([0usize; 6], |mut a, v| {
-        for i in 0..6 {
-            a[i] += v[i];
+    for v in borderline.values_mut() {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v.truncate(8);
+    }
+    // No face found: nothing to accept, so an attack is stopped and a live guest is rejected.
+    let rate_at = |v: &[(Option<f32>, bool)], t: f32, live: bool| -> Value {
+        let of: Vec<bool> = v
+            .iter()
+            .filter(|(_, l)| *l == live)
+            .map(|(p, _)| p.is_some_and(|p| p >= t))
+            .collect();
+        if of.is_empty() {
+            return Value::Null;
         }
-        a
-    });
-    let rate = |n: usize, d: usize| {
-        if d == 0 {
-            Value::Null
-        } else {
-            json!(round(n as f64 / d as f64, 5))
-        }
+        let wrong = of.iter().filter(|acc| **acc != live).count();
+        json!(round(wrong as f64 / of.len() as f64, 5))
     };
-    let sources: BTreeMap<&str, Value> = by_source
+    let sweep = [0.3f32, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9];
+    let mut sources = serde_json::Map::new();
+    for (name, v) in &by_source {
+        let attacks = v.iter().filter(|(_, l)| !*l).count();
+        let live = v.len() - attacks;
+        let key = if attacks > 0 { "apcer" } else { "bpcer" };
+        let at: BTreeMap<String, Value> = sweep
+            .iter()
+            .map(|t| (format!("{t:.2}"), rate_at(v, *t, attacks == 0)))
+            .collect();
+        sources.insert(
+            name.to_string(),
+            json!({
+                "attacks": attacks, "bona_fide": live,
+                "apcer": rate_at(v, threshold, false), "bpcer": rate_at(v, threshold, true),
+                "no_face": v.iter().filter(|(p, _)| p.is_none()).count(),
+                "nearest_the_wrong_side": borderline.get(name).map(|b| b.iter().map(|(p, f)| json!({"image": f, "p_real": round(p.abs() as f64, 4)})).collect::<Vec<_>>()),
+                format!("{key}_by_threshold"): at,
+            }),
+        );
+    }
+    // Attacks: NUAA prints and screen replays together; bona fide: the real photos.
+    let attacks: Vec<(Option<f32>, bool)> = by_source.values().flatten().filter(|(_, l)| !*l).copied().collect();
+    let pooled = |srcs: &[&str]| -> Vec<(Option<f32>, bool)> {
+        srcs.iter()
+            .filter_map(|s| by_source.get(s))
+            .flatten()
+            .copied()
+            .collect()
+    };
+    let nuaa_live: Vec<(Option<f32>, bool)> = pooled(&["nuaa_print"]).into_iter().filter(|(_, l)| *l).collect();
+    let scores: Vec<f32> = samples
         .iter()
-        .map(|(k, v)| (*k, json!({"apcer": rate(v[1], v[0]), "bpcer": rate(v[3], v[2]), "attacks": v[0], "bona_fide": v[2], "no_face_attacks": v[4], "no_face_bona_fide": v[5]})))
+        .map(|s| done.get(&s.path).and_then(|p| p.p_real).unwrap_or(0.0))
         .collect();
-    let det = write_det(out, "liveness", "LIVENESS DET", &[("NUAA + SCREEN", &scores, &labels)])?;
+    let labels: Vec<bool> = samples.iter().map(|s| s.live).collect();
+    let det = write_det(out, "liveness", "LIVENESS DET", &[("ALL", &scores, &labels)])?;
+    let per_sample: Vec<Value> = samples
+        .iter()
+        .map(|s| {
+            let x = done.get(&s.path);
+            json!({"source": s.source, "live": s.live, "p_real": x.and_then(|p| p.p_real),
+                   "p_models": x.and_then(|p| p.p_real_models)})
+        })
+        .collect();
+    let sweep_rows: BTreeMap<String, Value> = sweep
+        .iter()
+        .map(|t| {
+            (
+                format!("{t:.2}"),
+                json!({
+                    "apcer_print_and_screen": rate_at(&attacks, *t, false),
+                    "bpcer_uncropped": rate_at(&pooled(&["uncropped_real"]), *t, true),
+                    "bpcer_lfw": rate_at(&pooled(&["lfw_real"]), *t, true),
+                    "bpcer_nuaa_live": rate_at(&nuaa_live, *t, true),
+                }),
+            )
+        })
+        .collect();
     Ok(Some(json!({
-        "apcer": rate(tot[1], tot[0]),
-        "bpcer": rate(tot[3], tot[2]),
-        "threshold": LIVENESS_THRESHOLD,
-        "attacks": tot[0],
-        "bona_fide": tot[2],
-        "no_face_attacks": tot[4],
-        "no_face_bona_fide": tot[5],
+        "threshold": threshold,
+        "apcer": rate_at(&attacks, threshold, false),
+        "bpcer_uncropped": rate_at(&pooled(&["uncropped_real"]), threshold, true),
+        "bpcer_lfw": rate_at(&pooled(&["lfw_real"]), threshold, true),
+        "bpcer_nuaa_live": rate_at(&nuaa_live, threshold, true),
+        "bpcer": rate_at(&pooled(&["nuaa_print", "edge_screen_replay"]), threshold, true),
+        "attacks": attacks.len(),
+        "by_threshold": sweep_rows,
         "sources": sources,
         "det_png": det.display().to_string(),
-        "note": "DET axes here: false match rate = attacks accepted (APCER), false non-match rate = live rejected (BPCER)",
+        "samples": per_sample,
+        "note": "APCER: NUAA print attacks and the phone-screen replays accepted as live; BPCER on real photos of real people (uncropped identities, 300 LFW images) and, separately, on NUAA's live webcam crops; 'bpcer' is the NUAA + screen-replay set's live images, as before. DET axes: false match rate = attacks accepted, false non-match rate = live rejected",
     })))
 }
 
-fn eval_edge_cases(ctx: &Ctx, dir: &Path) -> Result<Value> {
+fn eval_edge_cases(ctx: &Ctx, dir: &Path, settings_policy: &lobby_service::config::Policy) -> Result<Value> {
     let cases = datasets::edge_cases(dir)?;
     let paths: Vec<PathBuf> = cases.iter().map(|c| c.path.clone()).collect();
     eprintln!("edge_cases: {} images", paths.len());
@@ -648,10 +979,24 @@ fn eval_edge_cases(ctx: &Ctx, dir: &Path) -> Result<Value> {
         }
         rows.push(json!({"image": c.rel, "category": c.category, "expected_faces": c.expected_faces, "faces_found": p.faces, "error": p.error}));
     }
-    Ok(json!({"images": cases.len(), "count_asserted": asserted, "count_correct": right, "per_image": rows}))
+    // The capture checks on the photos of several people ("one person at a time" should hold).
+    let multi: Vec<PathBuf> = cases
+        .iter()
+        .filter(|c| c.category == "multi_face")
+        .map(|c| c.path.clone())
+        .collect();
+    let facts: Vec<CaptureFacts> = ctx
+        .process_all(&multi, true, false, false)
+        .into_values()
+        .filter_map(|p| p.capture)
+        .collect();
+    Ok(
+        json!({"images": cases.len(), "count_asserted": asserted, "count_correct": right, "per_image": rows,
+              "capture_multi_face": capture::costs(settings_policy, &facts, &[])}),
+    )
 }
 
-fn eval_uncropped(ctx: &Ctx, dir: &Path, lfw_threshold: Option<f32>) -> Result<Value> {
+fn eval_uncropped(ctx: &Ctx, dir: &Path, lfw_threshold: Option<f32>, settings: &Settings) -> Result<Value> {
     let (pairs, ids) = datasets::uncropped(dir)?;
     let mut images = unique_images(&pairs);
     images.extend(ids.iter().map(|(p, _)| p.clone()));
@@ -708,6 +1053,9 @@ fn eval_uncropped(ctx: &Ctx, dir: &Path, lfw_threshold: Option<f32>) -> Result<V
         "identification_gallery": gallery.len(),
         "identification_probes": probes.len(),
         "identification_rank1": round(rank1 as f64 / probes.len().max(1) as f64, 5),
+        "capture": capture_costs(&done, settings, |p| {
+            ids.iter().find(|(q, _)| q == p).map(|(_, id)| id.clone())
+        }),
     }))
 }
 
@@ -717,8 +1065,12 @@ fn main() -> Result<()> {
     let model_dir = args.models.clone().unwrap_or_else(default_model_dir);
     let source = Source::from_env();
     let paths = ensure(&model_dir, &source).with_context(|| format!("models in {}", model_dir.display()))?;
+    let settings = Settings::load(args.config.as_deref())?;
     let t0 = Instant::now();
-    let mut cfg = VisionConfig::default();
+    let mut cfg = App::vision_config(&settings);
+    if let Some(px) = args.liveness_max_face {
+        cfg.liveness_max_face_px = px;
+    }
     if let Some(px) = args.detector_first_pass {
         cfg.detector.first_pass_long_side = px;
     }
@@ -739,22 +1091,33 @@ fn main() -> Result<()> {
     let mut skipped = Vec::new();
     let started = Instant::now();
 
+    let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut lfw_threshold = None;
-    if data.join("lfw/pairs.txt").exists() {
-        let (v, masked, t) = eval_lfw(&ctx, &data.join("lfw"), &args.out)?;
+    if !want("lfw") {
+        skipped.push("lfw (--only)");
+    } else if data.join("lfw/pairs.txt").exists() {
+        let (v, masked, t) = eval_lfw(&ctx, &data.join("lfw"), &args.out, &settings)?;
         lfw_threshold = Some(t);
         report.insert("lfw".into(), v);
         report.insert("lfw_synthetic_mask".into(), masked);
     } else {
         skipped.push("lfw");
     }
-    if data.join("mfr2/pairs.csv").exists() {
-        report.insert("mfr2".into(), eval_mfr2(&ctx, &data.join("mfr2"), &args.out)?);
+    if !want("mfr2") {
+        skipped.push("mfr2 (--only)");
+    } else if data.join("mfr2/pairs.csv").exists() {
+        report.insert(
+            "mfr2".into(),
+            eval_mfr2(&ctx, &data.join("mfr2"), &args.out, &settings)?,
+        );
     } else {
         skipped.push("mfr2");
     }
     let rwmfd = data.join("rwmfd_masked_in_the_wild");
-    let rwmfd = if rwmfd.join("manifest.csv").exists() {
+    let rwmfd = if !want("rwmfd") {
+        skipped.push("rwmfd (--only)");
+        None
+    } else if rwmfd.join("manifest.csv").exists() {
         Some(eval_rwmfd(&ctx, &rwmfd)?)
     } else {
         skipped.push("rwmfd_masked_in_the_wild");
@@ -771,21 +1134,32 @@ fn main() -> Result<()> {
             "model": "models/trained/mask_detector_probe.onnx (logistic probe on the embedding, trained on synthetic masks of LFW folds 0-2)",
         }),
     );
-    match eval_liveness(&ctx, data, &args.out)? {
-        Some(v) => {
-            report.insert("liveness".into(), v);
+    if want("liveness") {
+        match eval_liveness(&ctx, data, &args.out, settings.policy.liveness_threshold)? {
+            Some(v) => {
+                report.insert("liveness".into(), v);
+            }
+            None => skipped.push("liveness"),
         }
-        None => skipped.push("liveness"),
+    } else {
+        skipped.push("liveness (--only)");
     }
-    if data.join("edge_cases/manifest.csv").exists() {
-        report.insert("edge_cases".into(), eval_edge_cases(&ctx, &data.join("edge_cases"))?);
+    if !want("edge_cases") {
+        skipped.push("edge_cases (--only)");
+    } else if data.join("edge_cases/manifest.csv").exists() {
+        report.insert(
+            "edge_cases".into(),
+            eval_edge_cases(&ctx, &data.join("edge_cases"), &settings.policy)?,
+        );
     } else {
         skipped.push("edge_cases");
     }
-    if data.join("uncropped_identities/pairs.csv").exists() {
+    if !want("uncropped") {
+        skipped.push("uncropped (--only)");
+    } else if data.join("uncropped_identities/pairs.csv").exists() {
         report.insert(
             "uncropped_identities".into(),
-            eval_uncropped(&ctx, &data.join("uncropped_identities"), lfw_threshold)?,
+            eval_uncropped(&ctx, &data.join("uncropped_identities"), lfw_threshold, &settings)?,
         );
     } else {
         skipped.push("uncropped_identities");
@@ -804,7 +1178,8 @@ fn main() -> Result<()> {
                     "threshold_at_fmr_1e-3": lfw["threshold_at_far_1e-3"],
                     "max_accuracy_threshold": lfw["threshold"],
                     "all_pairs": lfw["all_pairs"],
-                }
+                },
+                "cascade": lfw["cascade"],
             }),
         );
     }
@@ -905,15 +1280,63 @@ fn print_summary(r: &Value) {
             }
         }
     }
+    if let Some(c) = r.get("calibration").and_then(|c| c.get("cascade")) {
+        let row = |o: &Value| {
+            format!(
+                "TAR {} (held out {}) FMR {:.2e} ({} false), in band: genuine {} impostors {}",
+                pct(&o["tar"]),
+                pct(&o["tar_held_out"]),
+                o["fmr"].as_f64().unwrap_or(0.0),
+                o["false_matches"],
+                pct(&o["genuine_in_band"]),
+                pct(&o["impostors_in_band"])
+            )
+        };
+        println!(
+            "Cascade  {} pairs; student alone: 1:1 {} | 1:N {}",
+            c["pairs"],
+            row(&c["student_alone"]["one_to_one"]),
+            row(&c["student_alone"]["one_to_n"])
+        );
+        if let Some(Value::Object(vs)) = c.get("variants") {
+            for (name, v) in vs {
+                println!(
+                    "Cascade  {name}: 1:1 thr {:.3} {} | 1:N thr {:.3} {}",
+                    v["one_to_one"]["threshold"].as_f64().unwrap_or(f64::NAN),
+                    row(&v["one_to_one"]["operating"]),
+                    v["one_to_n"]["threshold"].as_f64().unwrap_or(f64::NAN),
+                    row(&v["one_to_n"]["operating"])
+                );
+            }
+        }
+        println!(
+            "Service  (cascade {}): 1:1 {} | 1:N {}",
+            c["service"]["cascade_enabled"],
+            row(&c["service"]["one_to_one"]),
+            row(&c["service"]["one_to_n"])
+        );
+    }
     if let Some(l) = r.get("liveness") {
         println!(
-            "Liveness APCER {}  BPCER {}  at p(real) >= {}  ({} attacks, {} live)",
-            pct(&l["apcer"]),
-            pct(&l["bpcer"]),
+            "Liveness at p(real) >= {}: APCER {} (NUAA prints + screen replays, {})  BPCER uncropped {}  LFW {}  NUAA live {}",
             l["threshold"],
+            pct(&l["apcer"]),
             l["attacks"],
-            l["bona_fide"]
+            pct(&l["bpcer_uncropped"]),
+            pct(&l["bpcer_lfw"]),
+            pct(&l["bpcer_nuaa_live"])
         );
+        if let Some(Value::Object(rows)) = l.get("by_threshold") {
+            for (t, v) in rows {
+                println!(
+                    "Liveness   {t}: APCER {}  BPCER uncropped {}  LFW {}  NUAA live {}",
+                    pct(&v["apcer_print_and_screen"]),
+                    pct(&v["bpcer_uncropped"]),
+                    pct(&v["bpcer_lfw"]),
+                    pct(&v["bpcer_nuaa_live"])
+                );
+            }
+        }
     }
     if let Some(e) = r.get("edge_cases") {
         println!(
@@ -930,6 +1353,31 @@ fn print_summary(r: &Value) {
             u["faces_found"],
             u["images"]
         );
+    }
+    for (name, c) in [
+        ("LFW", r.get("lfw").map(|x| &x["capture"])),
+        ("uncropped", r.get("uncropped_identities").map(|x| &x["capture"])),
+        ("MFR2", r.get("mfr2").map(|x| &x["capture"])),
+        ("edge multi_face", r.get("edge_cases").map(|x| &x["capture_multi_face"])),
+    ] {
+        let rules = c.and_then(|c| c.get("rules").or(Some(c))).and_then(|v| v.as_array());
+        if let Some(rules) = rules {
+            println!(
+                "Capture  {name}: photos sent back per rule (TAR of genuine pairs hit at 1:1 / false matches 1:1, 1:N)"
+            );
+            for x in rules {
+                println!(
+                    "Capture    {:<64} {:>4}/{:<5} {:>7}  TAR hit {}  FM {} / {}",
+                    x["rule"].as_str().unwrap_or(""),
+                    x["sent_back"],
+                    x["photos"],
+                    pct(&x["rate"]),
+                    pct(&x["tar_hit"]),
+                    x["false_matches_hit_1to1"],
+                    x["false_matches_hit_1ton"]
+                );
+            }
+        }
     }
     if let Some(Value::Object(t)) = r.get("timing_ms") {
         for (k, v) in t {

@@ -99,7 +99,7 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    let app = App::start(settings, vision.clone())?;
+    let app = Arc::new(App::start(settings, vision.clone())?);
 
     // Enrol one photo per identity; frame the others.
     let split = kiosk::split(&args.data)?;
@@ -149,6 +149,7 @@ fn main() -> Result<()> {
 
     let mut t: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut cascade_runs = 0usize;
     for pass in 0..=args.passes {
         for f in &frames {
             let t_all = Instant::now();
@@ -170,6 +171,7 @@ fn main() -> Result<()> {
                 ("5 liveness", s.liveness_ms),
                 ("6 embed+mask", s.embed_ms),
                 ("7 search", e.search_ms),
+                ("7b second stage", e.second_ms),
                 ("8 decide", e.decide_ms),
                 ("9 record", record_ms),
                 ("total", total_ms),
@@ -177,6 +179,7 @@ fn main() -> Result<()> {
                 t.entry(name).or_default().push(v);
             }
             *outcomes.entry(e.decision.outcome.as_str().to_string()).or_default() += 1;
+            cascade_runs += e.decision.cascade.is_some() as usize;
         }
     }
     let mut table = String::from("| stage | p50 ms | p99 ms | mean ms |\n|---|---|---|---|\n");
@@ -203,12 +206,12 @@ fn main() -> Result<()> {
     }
     let n = t.get("total").map_or(0, Vec::len);
     let body = format!(
-        "{n} check-ins (1:N over {enrolled} enrolled guests, {} frames x {} passes after a warm-up pass), one at a time, one compute thread; outcomes {outcomes:?}.\n\n{table}\n{mtable}",
+        "{n} check-ins (1:N over {enrolled} enrolled guests, {} frames x {} passes after a warm-up pass), one at a time, one compute thread; outcomes {outcomes:?}; the cascade's second stage ran for {cascade_runs}.\n\n{table}\n{mtable}",
         frames.len(),
         args.passes
     );
     println!("{body}");
-    let report = json!({"checkins": n, "outcomes": outcomes, "stages": stages, "models": mjson, "machine": record::machine_facts()});
+    let report = json!({"checkins": n, "outcomes": outcomes, "second_stage_runs": cascade_runs, "stages": stages, "models": mjson, "machine": record::machine_facts()});
     args.out.emit("lobby-stages", &body, &report)?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())

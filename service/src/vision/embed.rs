@@ -27,18 +27,29 @@ pub fn alignment_transform(landmarks: &[Point; 5]) -> Result<Affine, VisionError
 }
 
 /// Aligns a face: 5-point similarity transform to the template, bilinear warp, black border.
-///
-/// When the face is much larger than 112 px, the face region is first shrunk with an antialiasing
-/// filter so the warp does not alias (a plain bilinear warp samples only 4 of every many pixels).
 pub fn align(img: &RgbImage, landmarks: &[Point; 5]) -> Result<RgbImage, VisionError> {
-    let m = alignment_transform(landmarks)?;
+    align_to(img, landmarks, &ARCFACE_TEMPLATE, ALIGNED_SIZE)
+}
+
+/// Aligns a face to any 5-point `template` of a `size` x `size` crop (similarity transform,
+/// bilinear warp, black border).
+///
+/// When the face is much larger than the crop, the face region is first shrunk with an antialiasing
+/// filter so the warp does not alias (a plain bilinear warp samples only 4 of every many pixels).
+pub fn align_to(
+    img: &RgbImage,
+    landmarks: &[Point; 5],
+    template: &[Point; 5],
+    size: u32,
+) -> Result<RgbImage, VisionError> {
+    let m = umeyama(landmarks, template).ok_or(VisionError::DegenerateLandmarks)?;
     let scale = m.scale();
     if scale >= 0.5 {
-        return warp_affine(img, &m, ALIGNED_SIZE, ALIGNED_SIZE).ok_or(VisionError::DegenerateLandmarks);
+        return warp_affine(img, &m, size, size).ok_or(VisionError::DegenerateLandmarks);
     }
     // Source region that the output square comes from, clipped to the photo.
     let inv = m.inverse().ok_or(VisionError::DegenerateLandmarks)?;
-    let s = ALIGNED_SIZE as f32;
+    let s = size as f32;
     let corners = [
         Point::new(0.0, 0.0),
         Point::new(s, 0.0),
@@ -55,7 +66,7 @@ pub fn align(img: &RgbImage, landmarks: &[Point; 5]) -> Result<RgbImage, VisionE
     let x1 = max_of(|p| p.x).ceil().min(img.width() as f32);
     let y1 = max_of(|p| p.y).ceil().min(img.height() as f32);
     if x1 - x0 < 2.0 || y1 - y0 < 2.0 {
-        return warp_affine(img, &m, ALIGNED_SIZE, ALIGNED_SIZE).ok_or(VisionError::DegenerateLandmarks);
+        return warp_affine(img, &m, size, size).ok_or(VisionError::DegenerateLandmarks);
     }
     let region = BBox {
         x: x0,
@@ -73,7 +84,7 @@ pub fn align(img: &RgbImage, landmarks: &[Point; 5]) -> Result<RgbImage, VisionE
     let composed = Affine {
         m: [a * sx, b * sy, a * ox + b * oy + c, d * sx, e * sy, d * ox + e * oy + f],
     };
-    warp_affine(&small, &composed, ALIGNED_SIZE, ALIGNED_SIZE).ok_or(VisionError::DegenerateLandmarks)
+    warp_affine(&small, &composed, size, size).ok_or(VisionError::DegenerateLandmarks)
 }
 
 /// An L2-normalised face embedding.

@@ -12,6 +12,7 @@ pub mod mask;
 pub mod maskdet;
 pub mod quality;
 mod runtime;
+pub mod second;
 
 pub use runtime::set_fast_ops;
 
@@ -21,6 +22,7 @@ pub use embed::{Embedding, ALIGNED_SIZE, EMBEDDING_DIM};
 pub use liveness::LivenessScore;
 pub use maskdet::MaskScore;
 pub use quality::Quality;
+pub use second::{SecondEmbeddings, SecondInput};
 
 use image::RgbImage;
 use lobby_models::ModelPaths;
@@ -63,6 +65,9 @@ impl VisionError {
 pub struct VisionConfig {
     pub decode: DecodeLimits,
     pub detector: DetectorConfig,
+    /// Liveness sees the face at most this large (px; 0: as it is): larger faces are first scaled
+    /// down with an antialiasing filter ([`liveness::Liveness::score`]).
+    pub liveness_max_face_px: f32,
 }
 
 /// A figure about one model at one input shape: (model name, input shape, figure).
@@ -87,6 +92,9 @@ pub struct FaceAnalysis {
     pub liveness: LivenessScore,
     pub embedding: Embedding,
     pub mask: MaskScore,
+    /// What the cascade's second stage reads ([`Vision::second_embeddings`]); made only for faces the
+    /// mask detector calls unmasked (masked probes are judged by the first stage alone).
+    pub second_input: Option<std::sync::Arc<SecondInput>>,
 }
 
 /// One photo's analysis: every face found, and the guest's face (the primary one) analysed.
@@ -104,6 +112,7 @@ pub struct Vision {
     embedder: embed::Embedder,
     liveness: liveness::Liveness,
     mask_detector: maskdet::MaskDetector,
+    second: second::SecondStage,
     cfg: VisionConfig,
 }
 
@@ -119,6 +128,7 @@ impl Vision {
             embedder: embed::Embedder::load(&paths.embedder)?,
             liveness: liveness::Liveness::load(&paths.liveness_v2, &paths.liveness_v1se)?,
             mask_detector: maskdet::MaskDetector::load(&paths.mask_detector)?,
+            second: second::SecondStage::load(&paths.teacher, &paths.dlib)?,
             cfg,
         })
     }
@@ -144,13 +154,29 @@ impl Vision {
     }
 
     pub fn liveness(&self, img: &RgbImage, face: &Face) -> Result<LivenessScore, VisionError> {
-        self.liveness.score(img, face)
+        self.liveness.score(img, face, self.cfg.liveness_max_face_px)
     }
 
     /// The embedding of an aligned face and the mask detector's verdict on it (one inference).
     pub fn embed_and_mask(&self, aligned: &RgbImage) -> Result<(Embedding, MaskScore), VisionError> {
         let (e, features) = self.embedder.embed_with_features(aligned)?;
         Ok((e, self.mask_detector.score(features)?))
+    }
+
+    /// The cascade's second-stage embeddings of a face (teacher, and dlib when `with_dlib`), each
+    /// flip-averaged where `flip` (teacher, dlib) says so.
+    pub fn second_embeddings(
+        &self,
+        input: &SecondInput,
+        with_dlib: bool,
+        flip: [bool; 2],
+    ) -> Result<SecondEmbeddings, VisionError> {
+        self.second.embed(input, with_dlib, flip)
+    }
+
+    /// Both second-stage models on the face and its mirror image, each view apart (evaluation).
+    pub fn second_views(&self, input: &SecondInput) -> Result<second::SecondViews, VisionError> {
+        self.second.all_views(input)
     }
 
     /// Mask-aware enrolment: the template of the face wearing a synthetic mask. The enrolment photo
@@ -182,6 +208,8 @@ impl Vision {
     fn kiosk_plans(&self) -> Result<Vec<PerModel<runtime::Plan>>, VisionError> {
         let side = ALIGNED_SIZE as usize;
         let [v2, v1se] = self.liveness.plans();
+        let [teacher, dlib] = self.second.plans();
+        let chip = second::DLIB_CHIP as usize;
         let (lw, lh) = self.detector.kiosk_canvas();
         Ok(vec![
             ("detector", vec![1, 3, 480, 640], self.detector.plan_for(640, 480)?),
@@ -193,6 +221,8 @@ impl Vision {
             ("embedder", vec![1, 3, side, side], self.embedder.plan().clone()),
             ("liveness_v2", vec![1, 3, 80, 80], v2.clone()),
             ("liveness_v1se", vec![1, 3, 80, 80], v1se.clone()),
+            ("teacher", vec![1, 3, side, side], teacher.clone()),
+            ("dlib", vec![1, 3, chip, chip], dlib.clone()),
         ])
     }
 
@@ -264,6 +294,11 @@ impl Vision {
         timings.liveness_ms = ms_since(t);
         let t = Instant::now();
         let (embedding, mask) = self.embed_and_mask(&aligned)?;
+        let second_input = if mask.masked {
+            None
+        } else {
+            Some(std::sync::Arc::new(SecondInput::new(img, &face.landmarks, &aligned)?))
+        };
         timings.embed_ms = ms_since(t);
         Ok(Analysis {
             width,
@@ -275,6 +310,7 @@ impl Vision {
                 liveness,
                 embedding,
                 mask,
+                second_input,
             }),
             timings,
         })

@@ -1,0 +1,314 @@
+//! The escalation ladder: what the server asks of a guest at the kiosk before sending them to the
+//! front desk. Pure state and rules (no I/O), unit-tested here; `app` feeds it each frame's facts.
+//!
+//! In a check-in stream the server keeps a [`Session`]. Good frames of the same guest are fused
+//! ([`Fusion`]: the mean of their normalised embeddings, liveness averaged), the masked and the
+//! unmasked frames apart. When identity is not confident (no match, a score below the threshold,
+//! two guests too close), the server climbs:
+//! 1. a masked face: "lower your mask for a moment" ([`Step::LowerMask`]); the next frames are
+//!    judged as unmasked probes;
+//! 2. no booking code yet: "show your booking QR or type the code" ([`Step::ShowReservation`]); the
+//!    frames that carry it are judged 1:1 at the 1:1 threshold;
+//! 3. only then the front desk (REVIEW), with every step taken recorded in the decision.
+//!
+//! A step the guest does not answer within `ladder.step_frames` frames counts as declined and the
+//! ladder moves on. A face that matches but fails liveness gets `ladder.liveness_frames` good
+//! frames, averaged, before it goes to the desk ([`Step::HoldStill`]). A masked face that matches
+//! nobody is never DENIED for that: the worst a not-confident identity gets is REVIEW.
+//! A unary check-in keeps no session: it answers the next step as a RETRY and the kiosk calls again.
+
+use crate::config::Ladder as LadderSettings;
+use crate::vision::{Embedding, SecondEmbeddings, SecondInput};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Keep looking at the camera: more frames are fused (liveness uncertain).
+    HoldStill,
+    /// Show the booking QR or type the reservation code.
+    ShowReservation,
+    /// Lower the mask for a moment.
+    LowerMask,
+}
+
+impl Step {
+    pub const ALL: [Step; 3] = [Step::HoldStill, Step::ShowReservation, Step::LowerMask];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::HoldStill => "HOLD_STILL",
+            Step::ShowReservation => "SHOW_RESERVATION",
+            Step::LowerMask => "LOWER_MASK",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// One good frame (it passed the capture checks) as fusion keeps it: no photo, only what matching
+/// reads, for as long as the stream lasts.
+#[derive(Debug, Clone)]
+pub struct FusedFrame {
+    pub embedding: Embedding,
+    pub p_real: f32,
+    /// The second stage's input (unmasked frames) and, once computed, its embeddings.
+    pub second_input: Option<Arc<SecondInput>>,
+    pub second: Option<SecondEmbeddings>,
+}
+
+/// Good frames of one guest in one mask condition.
+#[derive(Debug, Clone, Default)]
+pub struct Fusion {
+    frames: Vec<FusedFrame>,
+}
+
+fn mean_normalised<'a>(vs: impl Iterator<Item = &'a Embedding>) -> Option<Embedding> {
+    let mut sum: Vec<f32> = Vec::new();
+    for v in vs {
+        if sum.is_empty() {
+            sum = vec![0.0; v.0.len()];
+        }
+        sum.iter_mut().zip(&v.0).for_each(|(s, x)| *s += x);
+    }
+    Embedding::normalised(sum)
+}
+
+impl Fusion {
+    /// Adds a frame: it joins the frames so far when its cosine with their mean reaches
+    /// `same_person_min`, else fusion starts again from it (someone else stepped up). At most `max`
+    /// frames are kept (the oldest go). Returns whether it joined.
+    pub fn add(&mut self, f: FusedFrame, same_person_min: f32, max: usize) -> bool {
+        let joined = match self.embedding() {
+            Some(mean) => mean.cosine(&f.embedding) >= same_person_min,
+            None => true,
+        };
+        if !joined {
+            self.frames.clear();
+        }
+        self.frames.push(f);
+        while self.frames.len() > max.max(1) {
+            self.frames.remove(0);
+        }
+        joined
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The fused embedding: the normalised mean of the frames' embeddings.
+    pub fn embedding(&self) -> Option<Embedding> {
+        mean_normalised(self.frames.iter().map(|f| &f.embedding))
+    }
+
+    /// The mean p(real) of the frames.
+    pub fn p_real(&self) -> f32 {
+        let n = self.frames.len().max(1) as f32;
+        self.frames.iter().map(|f| f.p_real).sum::<f32>() / n
+    }
+
+    /// The frames, for computing their second-stage embeddings.
+    pub fn frames_mut(&mut self) -> &mut [FusedFrame] {
+        &mut self.frames
+    }
+
+    /// The fused second-stage embeddings, when every frame has them.
+    pub fn second(&self) -> Option<SecondEmbeddings> {
+        let all: Option<Vec<&SecondEmbeddings>> = self.frames.iter().map(|f| f.second.as_ref()).collect();
+        let all = all.filter(|a| !a.is_empty())?;
+        let teacher = mean_normalised(all.iter().map(|s| &s.teacher))?;
+        let dlib = if all.iter().all(|s| s.dlib.is_some()) {
+            mean_normalised(all.iter().filter_map(|s| s.dlib.as_ref()))
+        } else {
+            None
+        };
+        Some(SecondEmbeddings { teacher, dlib })
+    }
+}
+
+/// What identity matching concluded on the fused frames, as the ladder sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityState {
+    /// A confident match (the decision then follows the policy: stay, health, liveness).
+    Confident,
+    /// Not confident: the ladder may ask something of the guest before the desk.
+    NotConfident,
+    /// The code the guest gave names no reservation.
+    UnknownCode,
+    /// Nothing the guest can do changes it (e.g. the reservation has no enrolled face).
+    Final,
+}
+
+/// The ladder's answer to a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Answer RETRY, asking this step.
+    Ask(Step),
+    /// Answer RETRY: the code was not found; the guest may type it again.
+    CodeNotFound,
+    /// Decide now (the policy's decision), the ladder exhausted where identity was not confident.
+    Decide,
+}
+
+/// A check-in stream's state.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// Frames received (good or not).
+    pub frames: u32,
+    /// Steps asked, in the order first asked.
+    steps: Vec<Step>,
+    /// The step waiting for an answer, and the good frames since it was asked.
+    pending: Option<(Step, u32)>,
+    /// The reservation code the guest gave in this stream.
+    pub code: Option<String>,
+    unmasked: Fusion,
+    masked: Fusion,
+    /// Whether the current good frame is masked.
+    current_masked: bool,
+    /// Codes given that named no reservation.
+    unknown_codes: u32,
+    unary: bool,
+}
+
+impl Session {
+    pub fn stream() -> Session {
+        Session::default()
+    }
+
+    /// A unary check-in: one frame, no memory; the next step is answered as a RETRY.
+    pub fn unary() -> Session {
+        Session {
+            unary: true,
+            ..Session::default()
+        }
+    }
+
+    pub fn is_unary(&self) -> bool {
+        self.unary
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// A frame arrived; `code` is its reservation code (empty: none). A new code replaces the old.
+    pub fn frame(&mut self, code: &str) {
+        self.frames += 1;
+        if !code.is_empty() {
+            self.code = Some(code.to_string());
+            if matches!(self.pending, Some((Step::ShowReservation, _))) {
+                self.pending = None;
+            }
+        }
+    }
+
+    /// Whether the stream has used up its frames.
+    pub fn out_of_frames(&self, s: &LadderSettings) -> bool {
+        !self.unary && self.frames >= s.max_frames
+    }
+
+    /// Adds a good frame to the fusion of its mask condition; returns that fusion.
+    pub fn add_good(&mut self, f: FusedFrame, masked: bool, s: &LadderSettings) -> &mut Fusion {
+        self.current_masked = masked;
+        if !masked && matches!(self.pending, Some((Step::LowerMask, _))) {
+            self.pending = None;
+        }
+        if let Some((_, n)) = self.pending.as_mut() {
+            *n += 1;
+        }
+        let fusion = if masked { &mut self.masked } else { &mut self.unmasked };
+        fusion.add(f, s.same_person_min, s.max_fused_frames as usize);
+        fusion
+    }
+
+    /// The fusion of the current frame's condition.
+    pub fn current(&self) -> &Fusion {
+        if self.current_masked {
+            &self.masked
+        } else {
+            &self.unmasked
+        }
+    }
+
+    pub fn current_mut(&mut self) -> &mut Fusion {
+        if self.current_masked {
+            &mut self.masked
+        } else {
+            &mut self.unmasked
+        }
+    }
+
+    fn ask(&mut self, step: Step) -> Next {
+        if !self.steps.contains(&step) {
+            self.steps.push(step);
+        }
+        if !matches!(self.pending, Some((s, _)) if s == step) {
+            self.pending = Some((step, 0));
+        }
+        Next::Ask(step)
+    }
+
+    fn asked(&self, step: Step) -> bool {
+        self.steps.contains(&step)
+    }
+
+    /// The ladder's answer to a good frame, given what identity matching concluded on the fused
+    /// frames and whether the fused face passed liveness.
+    pub fn next(&mut self, identity: IdentityState, live: bool, s: &LadderSettings) -> Next {
+        let masked = self.current_masked;
+        if self.unary {
+            return match identity {
+                IdentityState::NotConfident if masked => Next::Ask(Step::LowerMask),
+                IdentityState::NotConfident if self.code.is_none() => Next::Ask(Step::ShowReservation),
+                IdentityState::UnknownCode => Next::CodeNotFound,
+                _ => Next::Decide,
+            };
+        }
+        if self.out_of_frames(s) {
+            return Next::Decide;
+        }
+        // A step still waiting for its answer is asked again until its frames are used up.
+        let waiting = |st: &Session, step: Step| matches!(st.pending, Some((p, n)) if p == step && n < s.step_frames);
+        match identity {
+            IdentityState::Confident if !live && (self.current().len() as u32) < s.liveness_frames => {
+                self.ask(Step::HoldStill)
+            }
+            IdentityState::Confident | IdentityState::Final => Next::Decide,
+            IdentityState::UnknownCode => {
+                // The guest may type the code again, as often as a step allows.
+                self.code = None;
+                self.unknown_codes += 1;
+                if self.unknown_codes <= s.step_frames {
+                    self.ask(Step::ShowReservation);
+                    Next::CodeNotFound
+                } else {
+                    Next::Decide
+                }
+            }
+            IdentityState::NotConfident => {
+                if masked && (waiting(self, Step::LowerMask) || !self.asked(Step::LowerMask)) {
+                    return self.ask(Step::LowerMask);
+                }
+                if self.code.is_none() && (waiting(self, Step::ShowReservation) || !self.asked(Step::ShowReservation)) {
+                    return self.ask(Step::ShowReservation);
+                }
+                Next::Decide
+            }
+        }
+    }
+
+    /// The guest left the ladder (the kiosk closed the stream) while a step was asked.
+    pub fn step_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+#[cfg(test)]
+#[path = "ladder_tests.rs"]
+mod tests;
