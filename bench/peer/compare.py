@@ -26,7 +26,7 @@ def main():
     lines = ["Lobby (Rust, tract) and the Python peer (onnxruntime " + mp["onnxruntime"] + "), same run, same models and frames.", ""]
     lines += ["| one thread, p50 ms | Lobby | peer | Lobby / peer |", "|---|---|---|---|"]
     names = {"1 decode": "decode", "2 detect": "detect", "3 align": "align", "4 quality": "quality",
-             "5 liveness": "liveness", "6 embed+mask": "embed+mask", "7 search": "search", "8 decide": "decide",
+             "5 liveness": "liveness", "6 embed+mask": "embed+mask", "7 search": "search", "7b second stage": "second stage", "8 decide": "decide",
              "9 record": "record", "total": "total"}
     for ours, theirs in names.items():
         a, b = sl["stages"][ours]["p50"], sp["stages"][theirs]["p50"]

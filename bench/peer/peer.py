@@ -5,11 +5,14 @@ OpenCV, Faiss, grpcio), with the same models, the same pre- and post-processing 
   peer.py stages --models DIR --data DATA --frames DIR    per-stage latency, one thread (JSON)
   peer.py serve  --models DIR --data DATA --port P        KioskService.CheckIn over gRPC (lobby.v1)
 
-Same as the Rust service: YuNet with the same resize policy (480 px pass, a 640 px pass when it finds nothing, then a bordered pass), sqrt(cls*obj) scores and greedy NMS; the same quality measures; MiniFASNetV2 (x2.7) and
-V1SE (x4.0) on BGR 0-255 80x80 crops, softmax, mean; 5-point similarity alignment (Umeyama) to the
-ArcFace template, (x-127.5)/128; the embedder's last feature map read as a second output for the mask
-probe; an inner-product Faiss index per property; the same thresholds; every decision written to
-SQLite (WAL, synchronous=FULL) with a sha256 hash chain. Each onnxruntime session uses one thread,
+Same as the Rust service: YuNet with the same resize policy (480 px pass, a 640 px pass when it finds nothing, then a bordered pass), sqrt(cls*obj) scores and greedy NMS; the same quality measures (a second face
+counts when comparable to the guest's and near the centre); MiniFASNetV2 (x2.7) and V1SE (x4.0) on
+BGR 0-255 80x80 crops of the face box clipped to the photo (faces over 240 px scaled down first),
+softmax, geometric mean; 5-point similarity alignment (Umeyama) to the ArcFace template,
+(x-127.5)/128; the embedder's last feature map read as a second output for the mask probe; an
+inner-product Faiss index per property; the cascade's second stage (teacher on the face and its
+mirror, dlib on its 150x150 chip) for an unmasked probe whose score falls in the band; the same
+thresholds; every decision written to SQLite (WAL, synchronous=FULL) with a sha256 hash chain. Each onnxruntime session uses one thread,
 as each of the service's analyses does. The peer does not authenticate callers (it is a yardstick,
 not a product); that costs it nothing the service pays little for (a sha256 per call).
 """
@@ -40,18 +43,24 @@ FILES = {
     "liveness_v2": "antispoof_MiniFASNetV2_scale2.7_80x80.onnx",
     "liveness_v1se": "antispoof_MiniFASNetV1SE_scale4.0_80x80.onnx",
     "mask": "mask_detector_probe.onnx",
+    "teacher": "face_embedding_mobilefacenet_sirius_192.onnx",
+    "dlib": "face_embedding_dlib_resnet_v1_128.onnx",
 }
 FEATURE_NODE = "MobileFaceNet/MobileFaceNet/Conv2d_7/add"
 ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                     [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+DLIB = np.array([[47.452, 44.078], [101.530, 44.574], [74.425, 77.113],
+                 [50.679, 102.706], [97.308, 103.114]], dtype=np.float64)
 STRIDES = (8, 16, 32)
 SCORE_THRESHOLD, NMS_IOU, MODEL_MAX_FACE = 0.6, 0.3, 300.0
 FIRST_PASS_LONG_SIDE = 480.0
 # Thresholds: read from the service's own defaults, so the two decide alike.
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "service", "config", "defaults.toml"), "rb") as _f:
-    _POLICY = tomllib.load(_f)["policy"]
+    _DEFAULTS = tomllib.load(_f)
+_POLICY, _CASCADE = _DEFAULTS["policy"], _DEFAULTS["cascade"]
 MATCH_1N, MATCH_1N_MASKED = _POLICY["match_threshold_1n"], _POLICY["match_threshold_1n_masked"]
 REVIEW_BAND, MARGIN, LIVENESS = _POLICY["review_band"], _POLICY["margin"], _POLICY["liveness_threshold"]
+LIVENESS_MAX_FACE = _POLICY["liveness_max_face_px"]
 MIN_FACE, MIN_BRIGHT, MAX_BRIGHT, MIN_SHARP = 60, 40, 225, 20
 
 
@@ -79,6 +88,8 @@ class Models:
         self.emb_out = [m.graph.output[0].name, FEATURE_NODE]
         self.live = [session(p("liveness_v2")), session(p("liveness_v1se"))]
         self.mask = session(p("mask"))
+        self.teacher = session(p("teacher"))
+        self.dlib = session(p("dlib"))
 
 
 def detect_pass(models, img, scale, border):
@@ -151,7 +162,7 @@ def primary_face(faces, w, h):
     if not faces:
         return None
     largest = max(size(f) for f in faces)
-    comparable = [f for f in faces if size(f) >= 0.5 * largest]
+    comparable = [f for f in faces if size(f) >= 0.6 * largest]
     c = np.array([w / 2, h / 2])
     return min(comparable, key=lambda f: np.linalg.norm(f[1][:2] + f[1][2:] / 2 - c))
 
@@ -191,7 +202,17 @@ def crop_box(w, h, box, scale):
 
 
 def liveness(models, img, box):
+    if LIVENESS_MAX_FACE > 0 and min(box[2], box[3]) > LIVENESS_MAX_FACE:
+        k = LIVENESS_MAX_FACE / min(box[2], box[3])
+        h, w = img.shape[:2]
+        nw, nh = max(1, round(w * k)), max(1, round(h * k))
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+        box = np.array(box) * [nw / w, nh / h, nw / w, nh / h]
     h, w = img.shape[:2]
+    # The face box clipped to the photo before scaling (as the service).
+    x0, y0 = max(box[0], 0.0), max(box[1], 0.0)
+    x1, y1 = min(box[0] + box[2], w), min(box[1] + box[3], h)
+    box = (x0, y0, max(x1 - x0, 1.0), max(y1 - y0, 1.0))
     p = []
     for sess, scale in zip(models.live, (2.7, 4.0)):
         l, t, r, b = crop_box(w, h, box, scale)
@@ -200,19 +221,23 @@ def liveness(models, img, box):
         logits = sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1)
         e = np.exp(logits - logits.max())
         p.append(float(e[1] / e.sum()))
-    return (p[0] + p[1]) / 2
+    return float(np.sqrt(p[0] * p[1]))
 
 
-def quality(img_aligned, face, faces):
+def quality(img_aligned, face, faces, w, h):
     luma = cv2.cvtColor(img_aligned, cv2.COLOR_BGR2GRAY).astype(np.float32)
     centre = luma[56 - 28 - 1:56 + 36 + 1, 56 - 32 - 1:56 + 32 + 1]
     lap = cv2.Laplacian(centre, cv2.CV_32F, ksize=1)[1:-1, 1:-1]
-    largest = max(size(f) for f in faces)
+
+    def beside(f):  # comparable to the guest, centre in the middle half of the photo
+        cx, cy = f[1][0] + f[1][2] / 2, f[1][1] + f[1][3] / 2
+        return size(f) >= 0.6 * size(face) and w / 4 <= cx <= 3 * w / 4 and h / 4 <= cy <= 3 * h / 4
+
     return {
         "size": size(face),
         "sharpness": float(lap.var()),
         "brightness": float(centre[1:-1, 1:-1].mean()),
-        "comparable": sum(1 for f in faces if size(f) >= 0.5 * largest),
+        "comparable": 1 + sum(1 for f in faces if f is not face and beside(f)),
     }
 
 
@@ -239,7 +264,7 @@ def analyze(models, img, t):
     aligned = cv2.warpAffine(img, m, (112, 112), flags=cv2.INTER_LINEAR, borderValue=0)
     t["align"] = (time.perf_counter() - s) * 1e3
     s = time.perf_counter()
-    q = quality(aligned, face, faces)
+    q = quality(aligned, face, faces, w, h)
     t["quality"] = (time.perf_counter() - s) * 1e3
     s = time.perf_counter()
     live = liveness(models, img, face[1])
@@ -247,7 +272,42 @@ def analyze(models, img, t):
     s = time.perf_counter()
     e, masked = embed(models, aligned)
     t["embed+mask"] = (time.perf_counter() - s) * 1e3
-    return {"q": q, "live": live, "embedding": e, "masked": masked}
+    return {"q": q, "live": live, "embedding": e, "masked": masked, "img": img, "lm": face[2], "aligned": aligned}
+
+
+def second_stage(models, a):
+    """The cascade's second stage: the teacher on the face and its mirror (summed, normalised),
+    dlib on its chip (flip as configured)."""
+    flip_t, flip_d = _CASCADE["flip"]
+
+    def run(sess, x):
+        v = sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1)
+        return v / np.linalg.norm(v)
+
+    def views(img, flip):
+        return [img, cv2.flip(img, 1)] if flip else [img]
+
+    rgb = lambda bgr: bgr[:, :, ::-1].astype(np.float32)
+    t = sum(run(models.teacher, np.ascontiguousarray(((rgb(v) - 127.5) / 128.0).transpose(2, 0, 1)[None]))
+            for v in views(a["aligned"], flip_t))
+    m = umeyama(a["lm"].astype(np.float64), DLIB)
+    chip = cv2.warpAffine(a["img"], m, (150, 150), flags=cv2.INTER_LINEAR, borderValue=0)
+    d = sum(run(models.dlib, np.ascontiguousarray(rgb(v).transpose(2, 0, 1)[None])) for v in views(chip, flip_d))
+    return t / np.linalg.norm(t), d / np.linalg.norm(d)
+
+
+def cascade_accepts(score, second, template):
+    """The service's matching::judge for an unmasked 1:N probe: the student alone above the band,
+    the weighted z-normalised cosines inside it."""
+    lo, hi = _CASCADE["one_to_n"]["band"]
+    if score >= hi:
+        return True
+    if score < lo or second is None or template is None:
+        return False
+    w, mu, sd = _CASCADE["weights"], _CASCADE["impostor_mean"], _CASCADE["impostor_sd"]
+    cos = [score, float(second[0] @ template[0]), float(second[1] @ template[1])]
+    fused = sum(w[k] * (cos[k] - mu[k]) / sd[k] for k in range(3))
+    return fused >= _CASCADE["one_to_n"]["threshold"]
 
 
 class Peer:
@@ -256,13 +316,14 @@ class Peer:
     def __init__(self, models, data, db_path):
         self.models = models
         self.index = faiss.IndexFlatIP(192)
-        self.guests = []
+        self.guests, self.second = [], []
         for path, identity in enrol_split(data)[0]:
             img = cv2.imread(path, cv2.IMREAD_COLOR)
             a = analyze(models, img, {}) if img is not None else None
             if a is not None:
                 self.index.add(a["embedding"][None].astype(np.float32))
                 self.guests.append(identity)
+                self.second.append(second_stage(models, a))
         self.db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
                               "CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, at_ms INTEGER, outcome TEXT,"
@@ -278,29 +339,36 @@ class Peer:
             raise ValueError("the image cannot be decoded")
         a = analyze(self.models, img, t)
         s = time.perf_counter()
-        guest, score, second = None, -1.0, -1.0
+        guest, score, second, best = None, -1.0, -1.0, None
         if a is not None:
             k = min(2, self.index.ntotal)
             d, i = self.index.search(a["embedding"][None].astype(np.float32), k)
-            score, guest = float(d[0][0]), self.guests[i[0][0]]
+            best = int(i[0][0])
+            score, guest = float(d[0][0]), self.guests[best]
             second = float(d[0][1]) if k > 1 else -1.0
         t["search"] = (time.perf_counter() - s) * 1e3
+        s = time.perf_counter()
+        lo, hi = _CASCADE["one_to_n"]["band"]
+        in_band = a is not None and not a["masked"] and _CASCADE["enabled"] and lo <= score < hi
+        probe_second = second_stage(self.models, a) if in_band else None
+        t["second stage"] = (time.perf_counter() - s) * 1e3
         s = time.perf_counter()
         if a is None:
             outcome = "RETRY"
         else:
             q = a["q"]
-            thr = MATCH_1N_MASKED if a["masked"] else MATCH_1N
+            if a["masked"] or not _CASCADE["enabled"]:
+                matched = score >= (MATCH_1N_MASKED if a["masked"] else MATCH_1N)
+            else:
+                matched = cascade_accepts(score, probe_second, self.second[best] if best is not None else None)
             if q["size"] < MIN_FACE or not MIN_BRIGHT <= q["brightness"] <= MAX_BRIGHT or q["sharpness"] < MIN_SHARP or q["comparable"] > 1:
                 outcome = "RETRY"
+            elif not matched or score - second < MARGIN:
+                outcome = "RETRY"  # not confident: the kiosk is asked to lower the mask or show the code
             elif a["live"] < LIVENESS:
                 outcome = "REVIEW"
-            elif score >= thr and score - second >= MARGIN:
-                outcome = "REVIEW"  # matched; health code unknown -> the front desk, as the service
-            elif score >= thr - REVIEW_BAND:
-                outcome = "REVIEW"
             else:
-                outcome = "DENIED"
+                outcome = "REVIEW"  # matched; health code unknown -> the front desk, as the service
         t["decide"] = (time.perf_counter() - s) * 1e3
         s = time.perf_counter()
         with self.lock:
@@ -347,7 +415,8 @@ def cmd_models(a):
     m = Models(a.models)
     shapes = [("detector", m.det, (1, 3, 480, 640)), ("detector_first_pass", m.det, (1, 3, 384, 480)),
               ("embedder", m.emb, (1, 3, 112, 112)), ("liveness_v2", m.live[0], (1, 3, 80, 80)),
-              ("liveness_v1se", m.live[1], (1, 3, 80, 80))]
+              ("liveness_v1se", m.live[1], (1, 3, 80, 80)), ("teacher", m.teacher, (1, 3, 112, 112)),
+              ("dlib", m.dlib, (1, 3, 150, 150))]
     out = []
     for name, sess, shape in shapes:
         x = np.full(shape, 0.5, np.float32)

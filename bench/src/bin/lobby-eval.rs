@@ -590,6 +590,91 @@ fn all_pair_scores(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], flip: [bo
     all
 }
 
+/// Fused probes, as a check-in stream fuses several good frames of one guest: for every LFW identity
+/// with three or more images, each pair of its first four images fused (the mean of each
+/// model's embeddings) is a probe, scored against every other image (genuine when of the same
+/// identity).
+fn fused_probe_scores(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], flip: [bool; 2]) -> PairScores {
+    let id_of = |p: &Path| {
+        p.parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+    };
+    let mut fold_of: HashMap<String, usize> = HashMap::new();
+    for p in pairs {
+        for img in [&p.a, &p.b] {
+            if let Some(id) = id_of(img) {
+                fold_of.insert(id, p.fold);
+            }
+        }
+    }
+    let mut items: Vec<(String, PathBuf, Embedding, SecondEmbeddings)> = done
+        .iter()
+        .filter_map(|(p, x)| {
+            let second = x.second.as_ref()?.embeddings(flip).ok()?;
+            Some((id_of(p)?, p.clone(), x.embedding.clone()?, second))
+        })
+        .collect();
+    items.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    // As the service fuses frames (`ladder::mean_embedding`).
+    let mean = |a: &Embedding, b: &Embedding| {
+        lobby_service::ladder::mean_embedding([a, b].into_iter()).unwrap_or_else(|| a.clone())
+    };
+    let mut probes: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    while start < items.len() {
+        let end = (start..items.len()).find(|&k| items[k].0 != items[start].0).unwrap_or(items.len());
+        if end - start >= 3 {
+            let first = start..(start + 4).min(end);
+            for i in first.clone() {
+                for j in i + 1..first.end {
+                    probes.push((i, j));
+                }
+            }
+        }
+        start = end;
+    }
+    let rows: Vec<PairScores> = probes
+        .par_iter()
+        .map(|&(i, j)| {
+            let (id, _, e1, s1) = &items[i];
+            let (_, _, e2, s2) = &items[j];
+            let e = mean(e1, e2);
+            let t = mean(&s1.teacher, &s2.teacher);
+            let d = match (&s1.dlib, &s2.dlib) {
+                (Some(a), Some(b)) => Some(mean(a, b)),
+                _ => None,
+            };
+            let held = !fold_of.get(id).is_some_and(|f| MASK_TRAIN_FOLDS.contains(f));
+            let mut s = PairScores::default();
+            for (k, (id2, _, e3, s3)) in items.iter().enumerate() {
+                if k == i || k == j {
+                    continue;
+                }
+                s.student.push(e.cosine(e3));
+                s.teacher.push(t.cosine(&s3.teacher));
+                s.dlib.push(match (&d, &s3.dlib) {
+                    (Some(a), Some(b)) => a.cosine(b),
+                    _ => -1.0,
+                });
+                s.genuine.push(id == id2);
+                s.held_out.push(held);
+            }
+            s
+        })
+        .collect();
+    let mut all = PairScores::default();
+    for r in rows {
+        all.student.extend(r.student);
+        all.teacher.extend(r.teacher);
+        all.dlib.extend(r.dlib);
+        all.genuine.extend(r.genuine);
+        all.held_out.extend(r.held_out);
+    }
+    all
+}
+
 /// Each capture check's cost on the photos of `done` (every photo's facts) and, over every pair of
 /// them (identity from `id_of`), what it protects.
 fn capture_costs(
@@ -691,7 +776,29 @@ fn cascade_calibration(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], setti
         }
     }
     let s = all_pair_scores(done, pairs, settings.cascade.flip);
+    // Two frames fused: does the service's decision keep its false-match rates?
+    let f = fused_probe_scores(done, pairs, settings.cascade.flip);
+    let mut fused_policy = p.clone();
+    fused_policy.match_threshold = cascade::student_threshold(&f, 1e-4);
+    fused_policy.match_threshold_1n = cascade::student_threshold(&f, 1e-5);
+    let mut fused_alone = settings.cascade.clone();
+    fused_alone.enabled = false;
+    let fused = json!({
+        "probes_x_templates": f.len(),
+        "genuine": f.genuine.iter().filter(|g| **g).count(),
+        "service": {
+            "one_to_one": cascade::operate(&f, p, &settings.cascade, Mode::OneToOne),
+            "one_to_n": cascade::operate(&f, p, &settings.cascade, Mode::OneToN),
+        },
+        "student_thresholds": {"fmr_1e-4": fused_policy.match_threshold, "fmr_1e-5": fused_policy.match_threshold_1n},
+        "student_alone_at_its_own_thresholds": {
+            "one_to_one": cascade::operate(&f, &fused_policy, &fused_alone, Mode::OneToOne),
+            "one_to_n": cascade::operate(&f, &fused_policy, &fused_alone, Mode::OneToN),
+        },
+        "note": "probes: two images of an identity fused (the mean of each model's embeddings, not renormalised: the mean of the frames' scores), as the check-in stream fuses good frames; scored against every other image; 'service' applies the configured thresholds unchanged",
+    });
     let mut out = head;
+    out["fused_two_frames"] = fused;
     out["variants"] = Value::Object(variants);
     out["service"] = json!({
         "cascade_enabled": settings.cascade.enabled,
@@ -1314,6 +1421,15 @@ fn print_summary(r: &Value) {
             c["service"]["cascade_enabled"],
             row(&c["service"]["one_to_one"]),
             row(&c["service"]["one_to_n"])
+        );
+        let f = &c["fused_two_frames"];
+        println!(
+            "Fused 2 frames ({} comparisons), service thresholds: 1:1 {} | 1:N {}; student's own thresholds there: 1e-4 {:.4} 1e-5 {:.4}",
+            f["probes_x_templates"],
+            row(&f["service"]["one_to_one"]),
+            row(&f["service"]["one_to_n"]),
+            f["student_thresholds"]["fmr_1e-4"].as_f64().unwrap_or(0.0),
+            f["student_thresholds"]["fmr_1e-5"].as_f64().unwrap_or(0.0)
         );
     }
     if let Some(l) = r.get("liveness") {
