@@ -996,7 +996,7 @@ fn eval_liveness(ctx: &Ctx, data: &Path, out: &Path, threshold: f32) -> Result<O
         let wrong = of.iter().filter(|acc| **acc != live).count();
         json!(round(wrong as f64 / of.len() as f64, 5))
     };
-    let sweep = [0.3f32, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9];
+    let sweep = [0.05f32, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30, 0.50, 0.70, 0.90];
     let mut sources = serde_json::Map::new();
     for (name, v) in &by_source {
         let attacks = v.iter().filter(|(_, l)| !*l).count();

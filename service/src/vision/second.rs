@@ -10,7 +10,7 @@
 //! only embeds.
 
 use super::embed::{align_to, Embedding, ALIGNED_SIZE};
-use super::geometry::Point;
+use super::geometry::{umeyama, Point};
 use super::runtime::{self, Plan};
 use super::VisionError;
 use image::RgbImage;
@@ -32,20 +32,50 @@ pub const DLIB_TEMPLATE: [Point; 5] = [
     Point::new(97.308, 103.114),
 ];
 
-/// What the second stage reads of a face: the ArcFace-aligned 112x112 crop and dlib's chip. Made at
-/// analysis time for unmasked faces (cheap warps) and kept only in memory while a check-in lasts.
+/// What the second stage reads of a face: the ArcFace-aligned 112x112 crop, and the part of the
+/// photo dlib's chip is warped from (with the landmarks in its coordinates). Kept at analysis time
+/// for unmasked faces (a copy of a few hundred pixels square: the chip itself is warped only when
+/// the cascade asks, for about one check-in in five), in memory only while a check-in lasts.
 #[derive(Debug, Clone)]
 pub struct SecondInput {
     pub aligned: RgbImage,
-    pub chip: RgbImage,
+    region: RgbImage,
+    landmarks: [Point; 5],
 }
 
 impl SecondInput {
     pub fn new(img: &RgbImage, landmarks: &[Point; 5], aligned: &RgbImage) -> Result<SecondInput, VisionError> {
+        let m = umeyama(landmarks, &DLIB_TEMPLATE).ok_or(VisionError::DegenerateLandmarks)?;
+        let inv = m.inverse().ok_or(VisionError::DegenerateLandmarks)?;
+        let s = DLIB_CHIP as f32;
+        let corners = [
+            Point::new(0.0, 0.0),
+            Point::new(s, 0.0),
+            Point::new(0.0, s),
+            Point::new(s, s),
+        ]
+        .map(|p| inv.apply(p));
+        // The chip's source square, a few pixels wider (bilinear taps, the antialiasing shrink),
+        // clipped to the photo: outside it the warp fills black either way.
+        let margin = 4.0 / m.scale().max(1e-3) as f32;
+        let lo = |f: fn(&Point) -> f32| corners.iter().map(f).fold(f32::INFINITY, f32::min) - margin;
+        let hi = |f: fn(&Point) -> f32| corners.iter().map(f).fold(f32::NEG_INFINITY, f32::max) + margin;
+        let x0 = lo(|p| p.x).floor().clamp(0.0, img.width() as f32) as u32;
+        let y0 = lo(|p| p.y).floor().clamp(0.0, img.height() as f32) as u32;
+        let x1 = (hi(|p| p.x).ceil().clamp(0.0, img.width() as f32) as u32).max(x0 + 1).min(img.width());
+        let y1 = (hi(|p| p.y).ceil().clamp(0.0, img.height() as f32) as u32).max(y0 + 1).min(img.height());
+        let region = image::imageops::crop_imm(img, x0, y0, x1.saturating_sub(x0), y1.saturating_sub(y0)).to_image();
+        let shift = Point::new(x0 as f32, y0 as f32);
         Ok(SecondInput {
             aligned: aligned.clone(),
-            chip: align_to(img, landmarks, &DLIB_TEMPLATE, DLIB_CHIP)?,
+            region,
+            landmarks: landmarks.map(|p| Point::new(p.x - shift.x, p.y - shift.y)),
         })
+    }
+
+    /// dlib's 150x150 chip of the face.
+    pub fn chip(&self) -> Result<RgbImage, VisionError> {
+        align_to(&self.region, &self.landmarks, &DLIB_TEMPLATE, DLIB_CHIP)
     }
 }
 
@@ -86,7 +116,7 @@ impl SecondStage {
     ) -> Result<SecondEmbeddings, VisionError> {
         let teacher = self.views(&input.aligned, Model::Teacher, flip[0])?;
         let dlib = if with_dlib {
-            Some(self.views(&input.chip, Model::Dlib, flip[1])?)
+            Some(self.views(&input.chip()?, Model::Dlib, flip[1])?)
         } else {
             None
         };
@@ -100,7 +130,7 @@ impl SecondStage {
     /// flip averaging buys.
     pub fn all_views(&self, input: &SecondInput) -> Result<SecondViews, VisionError> {
         let t = self.views(&input.aligned, Model::Teacher, true)?;
-        let d = self.views(&input.chip, Model::Dlib, true)?;
+        let d = self.views(&input.chip()?, Model::Dlib, true)?;
         let pair = |v: Vec<Embedding>| -> Result<[Embedding; 2], VisionError> {
             v.try_into()
                 .map_err(|_| VisionError::Inference("expected two views".into()))
@@ -200,6 +230,21 @@ mod tests {
         let (re, le) = (DLIB_TEMPLATE[0], DLIB_TEMPLATE[1]);
         assert!(((mid - re.x) - (le.x - mid)).abs() < 1.5);
         assert!((DLIB_TEMPLATE[2].x - mid).abs() < 1.0);
+    }
+
+    #[test]
+    fn the_chip_from_the_kept_region_equals_the_chip_from_the_whole_photo() {
+        let img = RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8]));
+        // A face of ~80 px eye distance in the middle, and one cut by the photo's left edge.
+        for dx in [300.0f32, 10.0] {
+            let lm = DLIB_TEMPLATE.map(|p| Point::new(p.x * 1.4 + dx, p.y * 1.4 + 150.0));
+            let input = SecondInput::new(&img, &lm, &RgbImage::new(112, 112)).unwrap();
+            let direct = align_to(&img, &lm, &DLIB_TEMPLATE, DLIB_CHIP).unwrap();
+            let kept = input.chip().unwrap();
+            let diff = direct.as_raw().iter().zip(kept.as_raw()).map(|(a, b)| (*a as i32 - *b as i32).abs()).max();
+            assert!(diff.unwrap() <= 1, "face at x {dx}: max diff {diff:?}");
+            assert!(input.region.width() < 640, "only the chip's part of the photo is kept");
+        }
     }
 
     #[test]
