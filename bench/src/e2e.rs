@@ -15,11 +15,9 @@ pub struct Guest {
     pub identity: String,
     /// Photos the reservation system may enrol from, in order (the next when one is refused).
     pub enrol: Vec<PathBuf>,
-    /// The photos the guest checks in with, one check-in each.
+    /// The photos the guest checks in with, one check-in each (MFR2 guests lower the mask, when
+    /// asked, to show another of their `enrol` photos than the one enrolled).
     pub probes: Vec<PathBuf>,
-    /// Photos with the mask lowered, for when the kiosk asks (MFR2: an unmasked photo other than the
-    /// enrolment candidates' first; empty when the identity has none).
-    pub unmasked: Vec<PathBuf>,
     /// The identity is of an LFW fold the trained models never saw.
     pub held_out: bool,
 }
@@ -70,7 +68,6 @@ pub fn lfw(data: &Path) -> Result<(Vec<Guest>, Vec<(String, PathBuf)>)> {
                     .map(|(_, p)| p.clone())
                     .collect(),
                 probes: vec![photos[1].clone()],
-                unmasked: vec![],
                 held_out: !TRAINED_FOLDS.contains(k),
             }),
         }
@@ -103,7 +100,6 @@ pub fn mfr2(data: &Path) -> Result<Vec<Guest>> {
             Guest {
                 source: "mfr2",
                 identity: id,
-                unmasked: clean.iter().skip(1).cloned().collect(),
                 enrol: clean,
                 probes: masked,
                 held_out: false,

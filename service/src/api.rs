@@ -172,7 +172,6 @@ fn checkin_to_proto(c: &CheckIn, liveness_threshold: f32) -> pv::CheckInResponse
 }
 
 fn eval_to_proto(id: &str, e: &Evaluated, total_ms: f64, liveness_threshold: f32) -> pv::CheckInResponse {
-    let c = e;
     let d = &e.decision;
     let a = &e.analysis;
     let t = a.timings;
@@ -187,7 +186,7 @@ fn eval_to_proto(id: &str, e: &Evaluated, total_ms: f64, liveness_threshold: f32
         // The reservation is named only when the face matched it.
         reservation_code: d.reservation.as_ref().map(|r| r.code.clone()).unwrap_or_default(),
         live: d.live,
-        liveness_score: c.p_real,
+        liveness_score: e.p_real,
         liveness_threshold,
         masked: primary.is_some_and(|p| p.mask.masked),
         mask_score: primary.map(|p| p.mask.p_masked).unwrap_or(0.0),
@@ -199,8 +198,8 @@ fn eval_to_proto(id: &str, e: &Evaluated, total_ms: f64, liveness_threshold: f32
             liveness_ms: t.liveness_ms,
             align_ms: t.align_ms,
             embed_ms: t.embed_ms,
-            search_ms: c.search_ms + c.second_ms,
-            decide_ms: c.decide_ms,
+            search_ms: e.search_ms + e.second_ms,
+            decide_ms: e.decide_ms,
             total_ms,
         }),
         face: primary.map(|p| pv::FaceBox {
@@ -484,14 +483,14 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut stream = CheckInStream::new();
+            // Every way out of the loop goes through `end_stream`, so a stream that stops early (the
+            // kiosk closes it, goes away, sends a bad frame, or the server is full) still leaves
+            // its record, and a guest the ladder had asked something goes to the desk.
             while let Some(frame) = frames.next().await {
-                let frame = match frame {
-                    Ok(f) => f,
-                    Err(_) => return, // the kiosk went away: nobody to answer
-                };
+                let Ok(frame) = frame else { break }; // the kiosk went away
                 if let Err(e) = checkin_fields(&frame) {
                     let _ = tx.send(Err(e)).await;
-                    return;
+                    break;
                 }
                 let answer = app
                     .stream_frame(&c, &mut stream, frame.photo, &frame.reservation_code, &frame.health_qr)
@@ -505,14 +504,13 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
                     Err(e) => {
                         // A bad frame (or a full server) ends the stream with its status.
                         let _ = tx.send(Err(status(e))).await;
-                        return;
+                        break;
                     }
                 };
                 if tx.send(reply).await.is_err() {
-                    return;
+                    break; // nobody reads the answers any more
                 }
             }
-            // The kiosk closed its side before a final decision.
             match app.end_stream(&c, stream) {
                 Ok(Some(done)) => {
                     let _ = tx.send(Ok(checkin_to_proto(&done, liveness_threshold))).await;

@@ -294,9 +294,13 @@ impl App {
                 tracing::warn!(error = %e, "no masked template for this enrolment photo");
                 None
             });
+            // Without second-stage templates the guest is still enrolled (the first stage then
+            // decides alone), so a failure here does not fail the photo either.
             let aligned = v.align(&img, &f.face)?;
-            let input = SecondInput::new(&img, &f.face.landmarks, &aligned)?;
-            let second = Some(v.second_embeddings(&input, true, flip)?);
+            let second = SecondInput::new(&img, &f.face.landmarks, &aligned)
+                .and_then(|input| v.second_embeddings(&input, true, flip))
+                .map_err(|e| tracing::warn!(error = %e, "no second-stage templates for this enrolment photo"))
+                .ok();
             Ok(Enrolment {
                 analysis,
                 masked,

@@ -18,8 +18,9 @@ use crate::policy::{self, Decision, FaceFacts, MatchFacts, Outcome, Reason};
 use crate::store::{DecisionRow, ResStatus, ReservationView};
 use crate::vision::{Analysis, Embedding, SecondEmbeddings, Vision};
 use chrono::NaiveDate;
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A check-in frame evaluated but not yet recorded.
@@ -33,8 +34,6 @@ pub struct Evaluated {
     pub second_ms: f64,
     pub decide_ms: f64,
     pub started: Instant,
-    /// The guest the decision concerns (matched, named or nearest), for the record.
-    pub guest_id: Option<String>,
     /// The ladder's steps asked so far in the stream, frames received, good frames fused.
     pub steps: Vec<Step>,
     pub frames: u32,
@@ -42,6 +41,8 @@ pub struct Evaluated {
     /// The fused frames' p(real) and the frame's mask verdict.
     pub p_real: f32,
     pub masked: bool,
+    /// The frame failed the capture checks (nothing was matched).
+    pub capture_problem: bool,
 }
 
 /// A recorded check-in decision.
@@ -109,7 +110,9 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-/// A RETRY that asks the guest something, replacing the policy's decision on the kiosk's screen.
+/// A RETRY that asks the guest something, replacing the policy's decision on the kiosk's screen. It
+/// tells nothing of the match: no reservation, score or health status (a HOLD_STILL for a face that
+/// matched must not become an oracle for whoever holds a photo up).
 fn ask(d: &Decision, reason: Reason) -> Decision {
     Decision {
         outcome: Outcome::Retry,
@@ -117,6 +120,9 @@ fn ask(d: &Decision, reason: Reason) -> Decision {
         guest_message: policy::message(Outcome::Retry, &[reason]),
         reservation: None,
         candidate: None,
+        score: -1.0,
+        cascade: None,
+        health_used: None,
         ..d.clone()
     }
 }
@@ -173,19 +179,28 @@ impl App {
             return None;
         }
         let t = Instant::now();
-        for f in fusion.frames_mut() {
-            if f.second.is_none() {
-                let input = f.second_input.as_ref()?;
-                match v.second_embeddings(input, with_dlib, self.settings.cascade.flip) {
-                    Ok(e) => f.second = Some(e),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "second stage failed; the first stage decides alone");
-                        return None;
-                    }
+        let computed = fusion.frames_mut().iter_mut().all(|f| {
+            if f.second.is_some() {
+                return true;
+            }
+            let Some(input) = f.second_input.as_ref() else {
+                return false;
+            };
+            match v.second_embeddings(input, with_dlib, self.settings.cascade.flip) {
+                Ok(e) => {
+                    f.second = Some(e);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "second stage failed; the first stage decides alone");
+                    false
                 }
             }
-        }
+        });
         *ms += ms_since(t);
+        if !computed {
+            return None;
+        }
         ts.second(&fusion.second()?, with_dlib)
     }
 
@@ -223,9 +238,9 @@ impl App {
                 MatchFacts::OneToOne { reservation, judged }
             }
             None => {
-                let cache: Mutex<HashMap<String, Option<ReservationView>>> = Mutex::new(HashMap::new());
+                let cache: RefCell<HashMap<String, Option<ReservationView>>> = RefCell::new(HashMap::new());
                 let lookup = |g: &str| -> Option<ReservationView> {
-                    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut c = cache.borrow_mut();
                     c.entry(g.to_string())
                         .or_insert_with(|| self.store.reservation_of_guest(g).ok().flatten())
                         .clone()
@@ -280,12 +295,12 @@ impl App {
             second_ms: 0.0,
             decide_ms: 0.0,
             started,
-            guest_id: None,
             steps: session.steps().to_vec(),
             frames: session.frames,
             fused_frames: 0,
             p_real: 0.0,
             masked: false,
+            capture_problem: true,
         };
         let Some(face) = eval
             .analysis
@@ -300,6 +315,7 @@ impl App {
             }
             return Ok((eval, None));
         };
+        eval.capture_problem = false;
         let masked = face.mask.masked;
         let quality = face.quality;
         session.add_good(
@@ -347,11 +363,6 @@ impl App {
         eval.p_real = facts.p_real;
         eval.masked = masked;
         eval.fused_frames = fused.len() as u32;
-        eval.guest_id = decision
-            .reservation
-            .as_ref()
-            .or(decision.candidate.as_ref())
-            .map(|r| r.guest_id.clone());
         let next = session.next(decision.identity, decision.live, ladder);
         eval.steps = session.steps().to_vec();
         eval.decide_ms = ms_since(t);
@@ -401,6 +412,14 @@ impl App {
         qr: &str,
     ) -> Result<StreamAnswer> {
         let (eval, desk) = self.frame(caller, &mut stream.session, photo, code, qr).await?;
+        if eval.capture_problem && eval.decision.outcome != Outcome::Retry {
+            // The stream's last frame failed the capture checks: the desk gets what the ladder had
+            // established, if it had asked something, rather than the capture guidance.
+            if let Some(mut desk) = stream.abandoned.take() {
+                desk.frames = eval.frames;
+                return Ok(StreamAnswer::Final(self.record(caller, desk)?));
+            }
+        }
         if eval.decision.outcome == Outcome::Retry {
             if desk.is_some() {
                 stream.abandoned = desk;
@@ -431,6 +450,7 @@ impl App {
         let d = &eval.decision;
         let id = new_decision_id();
         let named = d.reservation.as_ref().or(d.candidate.as_ref());
+        let guest_id = named.map(|r| r.guest_id.clone());
         let row = DecisionRow {
             id: id.clone(),
             property_id: caller.property.clone().unwrap_or_default(),
@@ -439,7 +459,7 @@ impl App {
             outcome: d.outcome.as_str().into(),
             reasons: d.reasons.iter().map(|r| r.as_str().to_string()).collect(),
             reservation_code: named.map(|r| r.code.clone()).unwrap_or_default(),
-            guest_id: eval.guest_id.clone(),
+            guest_id,
             match_score: d.score,
             match_threshold: d.threshold,
             live: d.live,

@@ -1,5 +1,5 @@
 //! Typed settings: embedded defaults, then a TOML file (`--config`), then environment overrides
-//! (`LOBBY__SECTION__KEY=value`, e.g. `LOBBY__POLICY__MATCH_THRESHOLD=0.45`), validated at start.
+//! (`LOBBY__SECTION__KEY=value`, e.g. `LOBBY__POLICY__MATCH_THRESHOLD=0.5`), validated at start.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -156,9 +156,11 @@ pub struct Ladder {
     pub liveness_frames: u32,
     /// Good frames of the same guest fused (mean of normalised embeddings) at most.
     pub max_fused_frames: u32,
-    /// A frame joins the frames fused so far only if its cosine with their mean reaches this
+    /// A frame joins the frames fused so far only if its cosine with every one of them reaches this
     /// (the same person); otherwise fusion starts again from it.
     pub same_person_min: f32,
+    /// Codes naming no reservation that a stream may type again before the desk.
+    pub max_unknown_codes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -238,7 +240,7 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
     }
 }
 
-/// `LOBBY__POLICY__MATCH_THRESHOLD=0.45` sets `policy.match_threshold`. Values are read as TOML
+/// `LOBBY__POLICY__MATCH_THRESHOLD=0.5` sets `policy.match_threshold`. Values are read as TOML
 /// (numbers, booleans, arrays), falling back to a plain string.
 fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> toml::Value {
     let mut root = toml::Value::Table(Default::default());
@@ -377,8 +379,28 @@ impl Settings {
         if l.max_frames == 0 || l.step_frames == 0 || l.liveness_frames == 0 || l.max_fused_frames == 0 {
             return bad("ladder", "frame counts must be positive");
         }
-        if !unit(l.same_person_min) {
-            return bad("ladder.same_person_min", "must be a cosine in [-1, 1]");
+        if !unit(l.same_person_min) || l.same_person_min < p.match_threshold {
+            return bad(
+                "ladder.same_person_min",
+                "must be a cosine in [-1, 1], not below the 1:1 threshold",
+            );
+        }
+        if l.liveness_frames > l.max_fused_frames {
+            return bad(
+                "ladder.liveness_frames",
+                "must not exceed max_fused_frames (the frames averaged are the frames fused)",
+            );
+        }
+        for (key, b, t) in [
+            ("cascade.one_to_one", c.one_to_one, p.match_threshold),
+            ("cascade.one_to_n", c.one_to_n, p.match_threshold_1n),
+        ] {
+            if c.enabled && !(b.band[0] <= t && t <= b.band[1]) {
+                return bad(
+                    key,
+                    "the band must contain the student-alone threshold (used when a guest has no second-stage template)",
+                );
+            }
         }
         if p.min_brightness >= p.max_brightness {
             return bad("policy.min_brightness", "must be below max_brightness");
@@ -433,9 +455,9 @@ mod tests {
 
     #[test]
     fn env_overrides_win_and_are_validated() {
-        let env = vec![("LOBBY__POLICY__MATCH_THRESHOLD".to_string(), "0.45".to_string())];
+        let env = vec![("LOBBY__POLICY__MATCH_THRESHOLD".to_string(), "0.50".to_string())];
         let s = Settings::load_from(None, env.into_iter()).unwrap();
-        assert_eq!(s.policy.match_threshold, 0.45);
+        assert_eq!(s.policy.match_threshold, 0.50);
         let env = vec![("LOBBY__POLICY__LIVENESS_FAIL".to_string(), "approved".to_string())];
         assert!(matches!(
             Settings::load_from(None, env.into_iter()),

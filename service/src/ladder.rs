@@ -1,5 +1,6 @@
 //! The escalation ladder: what the server asks of a guest at the kiosk before sending them to the
-//! front desk. Pure state and rules (no I/O), unit-tested here; `app` feeds it each frame's facts.
+//! front desk. Pure state and rules (no I/O), unit-tested here; `checkin` feeds it each frame's
+//! facts.
 //!
 //! In a check-in stream the server keeps a [`Session`]. Good frames of the same guest are fused
 //! ([`Fusion`]: the mean of their normalised embeddings, not normalised again, so a fused score is
@@ -14,11 +15,20 @@
 //!    frames that carry it are judged 1:1 at the 1:1 threshold;
 //! 3. only then the front desk (REVIEW), with every step taken recorded in the decision.
 //!
-//! A step the guest does not answer within `ladder.step_frames` frames counts as declined and the
-//! ladder moves on. A face that matches but fails liveness gets `ladder.liveness_frames` good
-//! frames, averaged, before it goes to the desk ([`Step::HoldStill`]). A masked face that matches
-//! nobody is never DENIED for that: the worst a not-confident identity gets is REVIEW.
-//! A unary check-in keeps no session: it answers the next step as a RETRY and the kiosk calls again.
+//! A step the guest does not answer within `ladder.step_frames` good frames counts as declined and
+//! the ladder moves on; a code given stays for the rest of the stream. A face that matches but fails
+//! liveness gets `ladder.liveness_frames` good frames, averaged, before it goes to the desk
+//! ([`Step::HoldStill`]). A masked face that matches nobody is never DENIED for that: the worst a
+//! not-confident identity gets is REVIEW.
+//!
+//! What an attacker could make of it is bounded: a frame joins the fusion only if it is the same
+//! person as every frame already fused (`ladder.same_person_min`, well above the 1:1 threshold), so
+//! one person's match cannot be combined with another's liveness; one stream tries at most one
+//! reservation 1:1 (another code after one was judged ends the ladder at the desk); codes that name
+//! no reservation may be typed again at most `ladder.max_unknown_codes` times.
+//!
+//! A unary check-in keeps no session: it answers the next step as a RETRY and the kiosk calls again
+//! (a masked face without a code: lower the mask; without a code: show it; with a code: decide).
 
 use crate::config::Ladder as LadderSettings;
 use crate::vision::{Embedding, SecondEmbeddings, SecondInput};
@@ -83,14 +93,14 @@ pub fn mean_embedding<'a>(vs: impl Iterator<Item = &'a Embedding>) -> Option<Emb
 }
 
 impl Fusion {
-    /// Adds a frame: it joins the frames so far when its cosine with their mean reaches
+    /// Adds a frame: it joins the frames so far when its cosine with every one of them reaches
     /// `same_person_min`, else fusion starts again from it (someone else stepped up). At most `max`
     /// frames are kept (the oldest go). Returns whether it joined.
     pub fn add(&mut self, f: FusedFrame, same_person_min: f32, max: usize) -> bool {
-        let joined = match self.embedding() {
-            Some(mean) => mean.cosine(&f.embedding) >= same_person_min,
-            None => true,
-        };
+        let joined = self
+            .frames
+            .iter()
+            .all(|g| g.embedding.cosine(&f.embedding) >= same_person_min);
         if !joined {
             self.frames.clear();
         }
@@ -181,6 +191,9 @@ pub struct Session {
     current_masked: bool,
     /// Codes given that named no reservation.
     unknown_codes: u32,
+    /// The code a 1:1 comparison was made against, and whether another code came after it.
+    judged_code: Option<String>,
+    switched_code: bool,
     unary: bool,
 }
 
@@ -205,14 +218,15 @@ impl Session {
         &self.steps
     }
 
-    /// A frame arrived; `code` is its reservation code (empty: none). A new code replaces the old.
+    /// A frame arrived; `code` is its reservation code (empty: none). A new code replaces the old;
+    /// a different one after a reservation was compared 1:1 ends the ladder ([`Session::next`]).
     pub fn frame(&mut self, code: &str) {
         self.frames += 1;
         if !code.is_empty() {
-            self.code = Some(code.to_string());
-            if matches!(self.pending, Some((Step::ShowReservation, _))) {
-                self.pending = None;
+            if self.judged_code.as_deref().is_some_and(|j| j != code) {
+                self.switched_code = true;
             }
+            self.code = Some(code.to_string());
         }
     }
 
@@ -272,13 +286,20 @@ impl Session {
         let masked = self.current_masked;
         if self.unary {
             return match identity {
-                IdentityState::NotConfident if masked => Next::Ask(Step::LowerMask),
+                IdentityState::NotConfident if self.code.is_none() && masked => Next::Ask(Step::LowerMask),
                 IdentityState::NotConfident if self.code.is_none() => Next::Ask(Step::ShowReservation),
                 IdentityState::UnknownCode => Next::CodeNotFound,
                 _ => Next::Decide,
             };
         }
-        if self.out_of_frames(s) {
+        if identity != IdentityState::UnknownCode && self.code.is_some() {
+            // The frame was compared 1:1 against this code: the step is answered.
+            self.judged_code = self.code.clone();
+            if matches!(self.pending, Some((Step::ShowReservation, _))) {
+                self.pending = None;
+            }
+        }
+        if self.out_of_frames(s) || self.switched_code {
             return Next::Decide;
         }
         // A step still waiting for its answer is asked again until its frames are used up.
@@ -289,11 +310,10 @@ impl Session {
             }
             IdentityState::Confident | IdentityState::Final => Next::Decide,
             IdentityState::UnknownCode => {
-                // The guest may type the code again, as often as a step allows.
+                // The guest may type the code again, a few times; the step in hand stays.
                 self.code = None;
                 self.unknown_codes += 1;
-                if self.unknown_codes <= s.step_frames {
-                    self.ask(Step::ShowReservation);
+                if self.unknown_codes <= s.max_unknown_codes {
                     Next::CodeNotFound
                 } else {
                     Next::Decide
@@ -309,11 +329,6 @@ impl Session {
                 Next::Decide
             }
         }
-    }
-
-    /// The guest left the ladder (the kiosk closed the stream) while a step was asked.
-    pub fn step_pending(&self) -> bool {
-        self.pending.is_some()
     }
 }
 

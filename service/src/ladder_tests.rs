@@ -51,7 +51,7 @@ fn an_unmasked_guest_not_recognised_is_asked_for_the_code_then_the_desk() {
 fn the_code_given_is_judged_and_a_failure_goes_to_the_desk() {
     let mut s = Session::stream();
     good(&mut s, "", false, IdentityState::NotConfident, true);
-    assert!(s.step_pending());
+    assert_eq!(s.steps(), &[Step::ShowReservation]);
     // The frame with the code is 1:1; not confident there: the desk, no further step.
     assert_eq!(
         good(&mut s, "R1", false, IdentityState::NotConfident, true),
@@ -131,10 +131,44 @@ fn an_unknown_code_may_be_typed_again_then_the_desk() {
     );
     assert_eq!(s.code, None, "the wrong code is forgotten");
     let mut last = Next::CodeNotFound;
-    for _ in 0..cfg.step_frames + 1 {
+    for _ in 0..cfg.max_unknown_codes {
         last = good(&mut s, "NOPE", false, IdentityState::UnknownCode, true);
     }
     assert_eq!(last, Next::Decide);
+    // An unknown code typed while the mask step is asked does not replace that step.
+    let mut s = Session::stream();
+    good(&mut s, "", true, IdentityState::NotConfident, true);
+    assert_eq!(
+        good(&mut s, "NOPE", true, IdentityState::UnknownCode, true),
+        Next::CodeNotFound
+    );
+    assert_eq!(
+        good(&mut s, "", true, IdentityState::NotConfident, true),
+        Next::Ask(Step::LowerMask)
+    );
+    assert_eq!(s.steps(), &[Step::LowerMask]);
+}
+
+#[test]
+fn one_stream_tries_one_reservation() {
+    // A masked guest gives a code (judged 1:1, not confident, asked to lower the mask), then types
+    // another: the ladder ends at the desk instead of trying a second reservation.
+    let mut s = Session::stream();
+    assert_eq!(
+        good(&mut s, "R1", true, IdentityState::NotConfident, true),
+        Next::Ask(Step::LowerMask)
+    );
+    assert_eq!(
+        good(&mut s, "R2", true, IdentityState::NotConfident, true),
+        Next::Decide
+    );
+    // The same code again is no switch.
+    let mut s = Session::stream();
+    good(&mut s, "R1", true, IdentityState::NotConfident, true);
+    assert_eq!(
+        good(&mut s, "R1", true, IdentityState::NotConfident, true),
+        Next::Ask(Step::LowerMask)
+    );
 }
 
 #[test]
@@ -167,6 +201,8 @@ fn unary_check_ins_answer_the_next_step_without_memory() {
         Next::Ask(Step::ShowReservation)
     );
     assert_eq!(ask("R1", false, IdentityState::NotConfident), Next::Decide);
+    // A masked face with a code: decided (the kiosk asked the code because the mask stays on).
+    assert_eq!(ask("R1", true, IdentityState::NotConfident), Next::Decide);
     assert_eq!(ask("R1", false, IdentityState::UnknownCode), Next::CodeNotFound);
     assert_eq!(ask("", false, IdentityState::Confident), Next::Decide);
 }
@@ -187,6 +223,18 @@ fn fusion_averages_the_same_person_and_restarts_for_someone_else() {
     // Someone else: fusion starts again from them.
     assert!(!f.add(frame(Embedding(vec![0.0, 0.0, 1.0]), 0.9), 0.5, 5));
     assert_eq!(f.len(), 1);
+    // A frame close to the mean but not to every frame fused does not join (one person's match
+    // cannot be averaged with another's liveness).
+    let mut g = Fusion::default();
+    let x = Embedding::normalised(vec![1.0, 0.5, 0.0]).unwrap();
+    let z = Embedding::normalised(vec![1.0, -0.5, 0.0]).unwrap();
+    let w = Embedding::normalised(vec![1.0, -0.9, 0.0]).unwrap();
+    assert!(g.add(frame(x.clone(), 0.9), 0.55, 5));
+    assert!(g.add(frame(z.clone(), 0.9), 0.55, 5));
+    let mean = (w.cosine(&x) + w.cosine(&z)) / 2.0;
+    assert!(mean >= 0.55 && w.cosine(&x) < 0.55, "{mean}");
+    assert!(!g.add(frame(w, 0.9), 0.55, 5));
+    assert_eq!(g.len(), 1);
     // At most `max` frames are kept.
     for _ in 0..10 {
         f.add(frame(Embedding(vec![0.0, 0.0, 1.0]), 0.9), 0.5, 3);

@@ -1,7 +1,7 @@
 //! When a probe's score is a match: the first stage (the student embedder) alone, or, for an
 //! unmasked probe whose student score is uncertain, the cascade's second stage (teacher and dlib,
 //! `vision::second`) fused with it. Pure functions of scores and settings, so every rule is
-//! unit-tested; the scores themselves come from `app` (gallery and store).
+//! unit-tested; the scores themselves come from `checkin` (gallery and store).
 //!
 //! The cascade (bench/RESULTS.md, "Cascade"): the student decides alone above the top of a band
 //! (its own false-match rate there is a tenth of the target) and below its bottom (ten times the

@@ -423,7 +423,11 @@ pub fn decide(
             second,
         }) => {
             if !j.accepted {
-                not_confident(&mut d, not_confident_reason(p, j), Some(r), IdentityState::NotConfident)
+                // The nearest guest is named to staff only when the face came close to them: a
+                // stranger's REVIEW must not put some guest's booking in front of the desk.
+                let reason = not_confident_reason(p, j);
+                let near = (reason == Reason::LowMatchScore).then_some(r);
+                not_confident(&mut d, reason, near, IdentityState::NotConfident)
             } else if second.is_some_and(|t| j.score - t < p.margin) {
                 not_confident(&mut d, Reason::AmbiguousMatch, Some(r), IdentityState::NotConfident)
             } else {

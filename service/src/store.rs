@@ -780,3 +780,46 @@ impl Store for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_store_opens_and_keeps_its_decisions_and_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lobby.sqlite3");
+        {
+            // A store as the server before schema version 2 left it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))
+                .unwrap();
+            c.execute_batch(
+                "INSERT INTO guests (guest_id, full_name, guest_ref) VALUES ('g1', 'A', 'r');
+                 INSERT INTO templates (guest_id, property_id, model_id, kind, vector, created_at_ms)
+                     VALUES ('g1', 'p', 'm', 'clean', x'0000803f', 1);
+                 INSERT INTO decisions (id, property_id, kiosk_id, created_at_ms, outcome, reasons,
+                     reservation_code, guest_id, match_score, match_threshold, live, liveness_score, masked,
+                     health_colour, guest_message, final_outcome)
+                     VALUES ('d1', 'p', 'k', 1, 'REVIEW', '[\"LOW_MATCH_SCORE\"]', 'R1', 'g1', 0.5, 0.6, 1, 0.9, 0,
+                     'GREEN', 'm', 'REVIEW');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let d = s.get_decision("d1").unwrap().expect("the old decision");
+        assert_eq!((d.outcome.as_str(), d.reservation_code.as_str()), ("REVIEW", "R1"));
+        assert!(d.steps.is_empty() && d.cascade.is_none());
+        assert_eq!((d.frames, d.fused_frames), (1, 1));
+        assert_eq!(s.pending_reviews(None).unwrap().len(), 1);
+        let t = s.all_templates().unwrap();
+        assert_eq!((t.len(), t[0].vector.as_slice()), (1, &[1.0f32][..]));
+        let v: i64 = s
+            .with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        // Opened again: nothing is migrated twice.
+        drop(s);
+        SqliteStore::open(&path).unwrap();
+    }
+}

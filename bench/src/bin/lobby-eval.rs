@@ -624,7 +624,9 @@ fn fused_probe_scores(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], flip: 
     let mut probes: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
     while start < items.len() {
-        let end = (start..items.len()).find(|&k| items[k].0 != items[start].0).unwrap_or(items.len());
+        let end = (start..items.len())
+            .find(|&k| items[k].0 != items[start].0)
+            .unwrap_or(items.len());
         if end - start >= 3 {
             let first = start..(start + 4).min(end);
             for i in first.clone() {

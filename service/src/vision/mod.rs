@@ -294,10 +294,14 @@ impl Vision {
         timings.liveness_ms = ms_since(t);
         let t = Instant::now();
         let (embedding, mask) = self.embed_and_mask(&aligned)?;
+        // Without a second-stage input (degenerate landmarks for dlib's template) the first stage
+        // decides alone; the photo is not refused for it.
         let second_input = if mask.masked {
             None
         } else {
-            Some(std::sync::Arc::new(SecondInput::new(img, &face.landmarks, &aligned)?))
+            SecondInput::new(img, &face.landmarks, &aligned)
+                .ok()
+                .map(std::sync::Arc::new)
         };
         timings.embed_ms = ms_since(t);
         Ok(Analysis {

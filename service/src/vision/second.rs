@@ -9,10 +9,12 @@
 //! (flip averaging; `cascade.flip`). The scores are combined in `crate::matching`; this module
 //! only embeds.
 
+use super::detect::crop_resize;
 use super::embed::{align_to, Embedding, ALIGNED_SIZE};
-use super::geometry::{umeyama, Point};
+use super::geometry::{umeyama, BBox, Point};
 use super::runtime::{self, Plan};
 use super::VisionError;
+use fast_image_resize::{FilterType, ResizeAlg};
 use image::RgbImage;
 use std::path::Path;
 
@@ -33,9 +35,10 @@ pub const DLIB_TEMPLATE: [Point; 5] = [
 ];
 
 /// What the second stage reads of a face: the ArcFace-aligned 112x112 crop, and the part of the
-/// photo dlib's chip is warped from (with the landmarks in its coordinates). Kept at analysis time
-/// for unmasked faces (a copy of a few hundred pixels square: the chip itself is warped only when
-/// the cascade asks, for about one check-in in five), in memory only while a check-in lasts.
+/// photo dlib's chip is warped from (with the landmarks in its coordinates), shrunk to about the
+/// chip's resolution when the face is larger: at most ~160x160 px, whatever the photo's size. Kept at
+/// analysis time for unmasked faces (the chip itself is warped only when the cascade asks, for about
+/// one check-in in five), in memory only while a check-in lasts.
 #[derive(Debug, Clone)]
 pub struct SecondInput {
     pub aligned: RgbImage,
@@ -62,14 +65,44 @@ impl SecondInput {
         let hi = |f: fn(&Point) -> f32| corners.iter().map(f).fold(f32::NEG_INFINITY, f32::max) + margin;
         let x0 = lo(|p| p.x).floor().clamp(0.0, img.width() as f32) as u32;
         let y0 = lo(|p| p.y).floor().clamp(0.0, img.height() as f32) as u32;
-        let x1 = (hi(|p| p.x).ceil().clamp(0.0, img.width() as f32) as u32).max(x0 + 1).min(img.width());
-        let y1 = (hi(|p| p.y).ceil().clamp(0.0, img.height() as f32) as u32).max(y0 + 1).min(img.height());
-        let region = image::imageops::crop_imm(img, x0, y0, x1.saturating_sub(x0), y1.saturating_sub(y0)).to_image();
+        let x1 = (hi(|p| p.x).ceil().clamp(0.0, img.width() as f32) as u32)
+            .max(x0 + 1)
+            .min(img.width());
+        let y1 = (hi(|p| p.y).ceil().clamp(0.0, img.height() as f32) as u32)
+            .max(y0 + 1)
+            .min(img.height());
+        let (rw, rh) = (x1.saturating_sub(x0), y1.saturating_sub(y0));
         let shift = Point::new(x0 as f32, y0 as f32);
+        let mut landmarks = landmarks.map(|p| Point::new(p.x - shift.x, p.y - shift.y));
+        let scale = m.scale() as f32;
+        let region = if scale < 0.5 {
+            // A large face: keep the region at the chip's resolution (the warp would shrink it to
+            // that anyway, through the same antialiasing filter, `embed::align_to`).
+            let (nw, nh) = (
+                ((rw as f32 * scale).round() as u32).max(2),
+                ((rh as f32 * scale).round() as u32).max(2),
+            );
+            let (kx, ky) = (nw as f32 / rw.max(1) as f32, nh as f32 / rh.max(1) as f32);
+            landmarks = landmarks.map(|p| Point::new((p.x + 0.5) * kx - 0.5, (p.y + 0.5) * ky - 0.5));
+            crop_resize(
+                img,
+                BBox {
+                    x: x0 as f32,
+                    y: y0 as f32,
+                    w: rw.max(1) as f32,
+                    h: rh.max(1) as f32,
+                },
+                nw,
+                nh,
+                ResizeAlg::Convolution(FilterType::Bilinear),
+            )?
+        } else {
+            image::imageops::crop_imm(img, x0, y0, rw, rh).to_image()
+        };
         Ok(SecondInput {
             aligned: aligned.clone(),
             region,
-            landmarks: landmarks.map(|p| Point::new(p.x - shift.x, p.y - shift.y)),
+            landmarks,
         })
     }
 
@@ -234,17 +267,49 @@ mod tests {
 
     #[test]
     fn the_chip_from_the_kept_region_equals_the_chip_from_the_whole_photo() {
-        let img = RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8]));
+        let img = RgbImage::from_fn(640, 480, |x, y| {
+            image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
+        });
         // A face of ~80 px eye distance in the middle, and one cut by the photo's left edge.
         for dx in [300.0f32, 10.0] {
             let lm = DLIB_TEMPLATE.map(|p| Point::new(p.x * 1.4 + dx, p.y * 1.4 + 150.0));
             let input = SecondInput::new(&img, &lm, &RgbImage::new(112, 112)).unwrap();
             let direct = align_to(&img, &lm, &DLIB_TEMPLATE, DLIB_CHIP).unwrap();
             let kept = input.chip().unwrap();
-            let diff = direct.as_raw().iter().zip(kept.as_raw()).map(|(a, b)| (*a as i32 - *b as i32).abs()).max();
+            let diff = direct
+                .as_raw()
+                .iter()
+                .zip(kept.as_raw())
+                .map(|(a, b)| (*a as i32 - *b as i32).abs())
+                .max();
             assert!(diff.unwrap() <= 1, "face at x {dx}: max diff {diff:?}");
             assert!(input.region.width() < 640, "only the chip's part of the photo is kept");
         }
+    }
+
+    #[test]
+    fn a_large_face_keeps_a_small_region_and_about_the_same_chip() {
+        let img = RgbImage::from_fn(3000, 2000, |x, y| {
+            let v = ((x as f32 / 40.0).sin() * 60.0 + (y as f32 / 55.0).cos() * 60.0 + 128.0) as u8;
+            image::Rgb([v, v / 2, 255 - v])
+        });
+        let lm = DLIB_TEMPLATE.map(|p| Point::new(p.x * 8.0 + 900.0, p.y * 8.0 + 500.0));
+        let input = SecondInput::new(&img, &lm, &RgbImage::new(112, 112)).unwrap();
+        assert!(
+            input.region.width() <= 200 && input.region.height() <= 200,
+            "{:?}",
+            input.region.dimensions()
+        );
+        let direct = align_to(&img, &lm, &DLIB_TEMPLATE, DLIB_CHIP).unwrap();
+        let kept = input.chip().unwrap();
+        let mean_diff = direct
+            .as_raw()
+            .iter()
+            .zip(kept.as_raw())
+            .map(|(a, b)| (*a as i32 - *b as i32).abs() as f64)
+            .sum::<f64>()
+            / direct.as_raw().len() as f64;
+        assert!(mean_diff < 2.0, "mean diff {mean_diff}");
     }
 
     #[test]
