@@ -1,6 +1,6 @@
 """Ratios of Lobby to the Python peer from one compare.sh run; the latency-vs-concurrency plot.
 
-  compare.py OUT_DIR PNG RESULTS_MD
+  compare.py OUT_DIR PNG RESULTS_LOG_MD   (compare.sh passes bench/RESULTS-log.md; the figures are appended)
 """
 import json
 import os

@@ -2,12 +2,12 @@
 # Lobby and the Python peer, back to back in one run, on the same models, photos and machine:
 # per-stage latency on one thread, each model alone (tract vs onnxruntime), and closed-loop load
 # over gRPC swept over concurrency. Prints the ratios, writes bench/results/load-vs-peer.png and
-# appends everything to bench/RESULTS.md.
+# appends everything to bench/RESULTS-log.md.
 #
 #   bash bench/peer/compare.sh [DATA]      (from the repository root; DATA defaults to ../shared/data)
 #
 # Env: DURATION (s per load level, default 20), LEVELS (default 1,2,4,8,16), PASSES (default 5),
-# NO_RECORD=1 (print only; nothing appended to bench/RESULTS.md).
+# NO_RECORD=1 (print only; nothing appended to bench/RESULTS-log.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${1:-${LOBBY_TEST_DATA:-../shared/data}}
@@ -51,5 +51,5 @@ wait_port 50071
   --duration "$DURATION" --label peer --json "$OUT/load-peer.json" "${NR[@]}"
 kill $PEER; wait $PEER 2>/dev/null || true
 
-RES=bench/RESULTS.md; [ "${NO_RECORD:-0}" = 1 ] && RES=/dev/null
+RES=bench/RESULTS-log.md; [ "${NO_RECORD:-0}" = 1 ] && RES=/dev/null
 $PY bench/peer/compare.py "$OUT" bench/results/load-vs-peer.png "$RES"

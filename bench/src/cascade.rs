@@ -1,11 +1,11 @@
-//! Calibration of the cascade (`lobby_service::matching`) on all pairs of a labelled image set:
+//! Calibration of the cascade (`lobby_service::core::cascade`) on all pairs of a labelled image set:
 //! z-normalisation statistics of each model's impostor cosines, then, for a target false-match rate
 //! and a band of student scores, the fused-score threshold that keeps the overall false-match rate
 //! at the target; and the check of a configured cascade (the service's own thresholds) on the same
 //! pairs.
 
 use lobby_service::config::{Cascade, CascadeBand, Policy};
-use lobby_service::matching::{fuse, judge, Mode, SecondCosines};
+use lobby_service::core::cascade::{fuse, judge, Mode, SecondCosines};
 use serde::Serialize;
 
 /// Cosines of every pair, per model, with the pair's labels.

@@ -5,6 +5,8 @@ pub mod cascade;
 pub mod datasets;
 pub mod e2e;
 pub mod kiosk;
+pub mod masks;
 pub mod metrics;
 pub mod plot;
+pub mod profile;
 pub mod record;

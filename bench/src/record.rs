@@ -1,5 +1,6 @@
-//! Appends a benchmark's figures to `bench/RESULTS.md` (section "Benchmark log"), with the command
-//! line that produced them and the machine they ran on.
+//! Appends a benchmark's figures to `bench/RESULTS-log.md` (section "Benchmark log", at its end),
+//! with the command line that produced them and the machine they ran on. `bench/RESULTS.md` holds
+//! only the current figure per goal and is edited by hand.
 
 use anyhow::Result;
 use std::io::Write;
@@ -11,16 +12,16 @@ pub struct Output {
     /// Also write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Results file the figures are appended to.
-    #[arg(long, default_value = "bench/RESULTS.md")]
+    /// Results log the figures are appended to.
+    #[arg(long, default_value = "bench/RESULTS-log.md")]
     pub results: PathBuf,
-    /// Do not append the figures to the results file.
+    /// Do not append the figures to the results log.
     #[arg(long)]
     pub no_record: bool,
 }
 
 impl Output {
-    /// Writes `json` (when asked) and appends `body` to the results file (unless `--no-record`).
+    /// Writes `json` (when asked) and appends `body` to the results log (unless `--no-record`).
     pub fn emit(&self, bench: &str, body: &str, json: &serde_json::Value) -> Result<()> {
         if let Some(p) = &self.json {
             std::fs::write(p, serde_json::to_string_pretty(json)?)?;

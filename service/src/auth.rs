@@ -5,6 +5,7 @@
 //! check and reflection are open. The authenticated [`Caller`] rides in the request extensions.
 
 use crate::config::{Role, TokenEntry};
+pub use crate::core::Caller;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -14,14 +15,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use subtle::ConstantTimeEq;
 use tonic::Status;
-
-/// Who is calling, as established by the auth layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub id: String,
-    pub role: Role,
-    pub property: Option<String>,
-}
 
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

@@ -420,7 +420,7 @@ impl Settings {
             return bad("gallery", "search_k must be positive and stay_slack_days not negative");
         }
         for k in &self.health.issuer_public_keys {
-            if crate::health::parse_public_key(k).is_err() {
+            if crate::core::healthcode::parse_public_key(k).is_err() {
                 return bad(
                     "health.issuer_public_keys",
                     "each key must be 32 bytes of base64 (Ed25519)",

@@ -17,46 +17,10 @@ use std::sync::{Mutex, RwLock};
 #[error("gallery: {0}")]
 pub struct GalleryError(pub String);
 
+pub use crate::domain::TemplateKind;
+
 fn err(e: impl std::fmt::Display) -> GalleryError {
     GalleryError(e.to_string())
-}
-
-/// What a template was made from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TemplateKind {
-    /// The enrolment photo as it is.
-    Clean,
-    /// The enrolment photo with synthetic masks drawn on it.
-    Masked,
-    /// The cascade's second stage: the teacher embedder on the enrolment photo (flip-averaged).
-    Teacher,
-    /// The cascade's second stage: dlib's embedder on the enrolment photo (flip-averaged).
-    Dlib,
-}
-
-impl TemplateKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TemplateKind::Clean => "clean",
-            TemplateKind::Masked => "masked",
-            TemplateKind::Teacher => "teacher",
-            TemplateKind::Dlib => "dlib",
-        }
-    }
-    pub fn parse(s: &str) -> Option<TemplateKind> {
-        match s {
-            "clean" => Some(TemplateKind::Clean),
-            "masked" => Some(TemplateKind::Masked),
-            "teacher" => Some(TemplateKind::Teacher),
-            "dlib" => Some(TemplateKind::Dlib),
-            _ => None,
-        }
-    }
-    /// Whether templates of this kind are searched in the Faiss index (the first stage's); the
-    /// second stage's are compared 1:1 with the few candidates the first stage found.
-    pub fn indexed(self) -> bool {
-        matches!(self, TemplateKind::Clean | TemplateKind::Masked)
-    }
 }
 
 /// A template to index: id, guest, kind, vector.

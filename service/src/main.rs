@@ -1,7 +1,7 @@
 //! `lobby-server`: the Lobby check-in service.
 use anyhow::Context;
 use clap::Parser;
-use lobby_service::app::App;
+use lobby_service::core::App;
 use lobby_service::auth::{bootstrap_credentials, parse_token_file, Credentials};
 use lobby_service::config::Settings;
 use lobby_service::server::run;
@@ -54,7 +54,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let vision = Arc::new(Vision::load(&paths, App::vision_config(&settings))?);
     tracing::info!(models = %model_dir.display(), "models verified and loaded");
     let listen = settings.listen;
-    let app = Arc::new(App::start(settings, vision)?);
+    let app = Arc::new(App::start(settings, vision).await?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

@@ -2,7 +2,7 @@
 //! future completes (tests bind `127.0.0.1:0`).
 
 use crate::api::{FrontDesk, Kiosk, Reservations};
-use crate::app::App;
+use crate::core::App;
 use crate::auth::{AuthLayer, Credentials};
 use lobby_proto::v1 as pv;
 use std::future::Future;
@@ -20,7 +20,7 @@ pub async fn run(
     app: Arc<App>,
     creds: Arc<Credentials>,
 ) -> anyhow::Result<()> {
-    let limits = app.settings.limits.clone();
+    let limits = app.settings().limits.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)

@@ -90,7 +90,7 @@ pub fn read(data: &Path, rel: &str) -> Vec<u8> {
 pub mod server {
     use super::*;
     use lobby_kiosk_client as client;
-    use lobby_service::app::App;
+    use lobby_service::core::App;
     use lobby_service::auth::{hash_token, new_token, Credentials};
     use lobby_service::config::{Role, Settings, TokenEntry};
     use tokio::sync::oneshot;
@@ -159,7 +159,7 @@ pub mod server {
             entry("pms", Role::Enroller, &tokens.enroller, None),
         ])
         .expect("credentials");
-        let app = Arc::new(App::start(s, vision).expect("app starts"));
+        let app = Arc::new(App::start(s, vision).await.expect("app starts"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();

@@ -2,10 +2,10 @@
 //! activations fused) must not change what the pipeline says about a photo. Every model is planned
 //! twice — by tract alone and with the swap — and the two pipelines analyse the same real photos:
 //! faces, landmarks, liveness, mask score and embedding must agree to float rounding.
-//!
-//! Its own test binary: the swap is a process-wide switch read when plans are made.
+//! The swap is a field of the pipeline's settings (`VisionConfig::fast_ops`), so both pipelines
+//! live side by side in one process.
 
-use lobby_service::vision::{set_fast_ops, Vision, VisionConfig};
+use lobby_service::vision::{Vision, VisionConfig};
 use lobby_tests::{data_dir, model_paths, read};
 use std::path::Path;
 
@@ -42,12 +42,14 @@ fn the_operator_swap_leaves_every_answer_the_same() {
     let (Some(data), Some(paths)) = (data_dir(), model_paths()) else {
         return;
     };
-    set_fast_ops(false);
-    let tract = Vision::load(&paths, VisionConfig::default()).expect("models load");
+    let tract_only = VisionConfig {
+        fast_ops: false,
+        ..VisionConfig::default()
+    };
+    let tract = Vision::load(&paths, tract_only).expect("models load");
     let files = photos(&data);
     assert!(files.len() >= 20, "photos found: {}", files.len());
     let before: Vec<_> = files.iter().map(|f| tract.analyze_bytes(&read(&data, f))).collect();
-    set_fast_ops(true);
     let fast = Vision::load(&paths, VisionConfig::default()).expect("models load");
     let mut compared = 0;
     for (f, a) in files.iter().zip(before) {

@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 use lobby_kiosk_client::ladder::{drive, LadderRun, ScriptedGuest};
 use lobby_kiosk_client::proto as pv;
 use lobby_service::config::Settings;
-use lobby_service::health::public_key_b64;
+use lobby_service::core::healthcode::public_key_b64;
 use lobby_tests::data_dir;
 use lobby_tests::guests::{code_of, enrol, identities, mfr2_identities, outcome, set_health};
 use lobby_tests::server::{scratch_dir, start_with, TestServer};

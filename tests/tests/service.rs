@@ -3,7 +3,7 @@
 
 use ed25519_dalek::SigningKey;
 use lobby_kiosk_client::proto as pv;
-use lobby_service::health::{public_key_b64, sign_qr, Colour, QrPayload};
+use lobby_service::core::healthcode::{public_key_b64, sign_qr, Colour, QrPayload};
 use lobby_tests::guests::{check_in, code_of, enrol, identities, mfr2_identities, outcome, set_health};
 use lobby_tests::server::{scratch_dir, start, start_with, TestServer, PROPERTY};
 use lobby_tests::{data_dir, read};

@@ -21,10 +21,11 @@ use lobby_bench::{metrics::percentile, record};
 use lobby_kiosk_client::ladder::{drive, LadderRun, ScriptedGuest};
 use lobby_kiosk_client::{connect, kiosk, proto as pv, reservations};
 use lobby_models::{default_model_dir, ensure, Source};
-use lobby_service::app::App;
+use lobby_service::core::App;
 use lobby_service::auth::{hash_token, hex_digest, new_token, Credentials};
 use lobby_service::config::{Role, Settings, TokenEntry};
-use lobby_service::vision::mask::{self, MaskSpec, SplitMix};
+use lobby_bench::masks::{random_mask, SplitMix};
+use lobby_service::vision::mask_render;
 use lobby_service::vision::{quality, Vision};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -145,7 +146,7 @@ async fn start(args: &Args, properties: usize) -> Result<Server> {
         entries.push(entry(format!("e2e-kiosk-{i:02}"), Role::Kiosk, t, Some(property(i))));
     }
     let creds = Credentials::new(&entries).map_err(anyhow::Error::msg)?;
-    let app = Arc::new(App::start(settings, vision)?);
+    let app = Arc::new(App::start(settings, vision).await?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
@@ -247,7 +248,7 @@ fn masked_photo(vision: &Vision, path: &Path, seed: u64) -> Result<Option<Vec<u8
     let Some(i) = quality::primary_face(&faces, img.width(), img.height()) else {
         return Ok(None);
     };
-    let Some(masked) = mask::render(&img, &faces[i].landmarks, &MaskSpec::random(&mut SplitMix::new(seed))) else {
+    let Some(masked) = mask_render::render(&img, &faces[i].landmarks, &random_mask(&mut SplitMix::new(seed))) else {
         return Ok(None);
     };
     let mut out = Vec::new();

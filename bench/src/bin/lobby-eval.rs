@@ -13,11 +13,12 @@ use lobby_bench::datasets::{self, Pair};
 use lobby_bench::metrics::{self, det_points, kfold, percentile, tar_at_far};
 use lobby_bench::plot::{det_png, Curve, COLORS};
 use lobby_models::{default_model_dir, ensure, Source};
-use lobby_service::app::App;
+use lobby_service::core::App;
 use lobby_service::config::Settings;
 use lobby_service::gallery::fused;
-use lobby_service::matching::Mode;
-use lobby_service::vision::mask::{self, MaskSpec, SplitMix};
+use lobby_service::core::cascade::Mode;
+use lobby_bench::masks::{random_mask, SplitMix};
+use lobby_service::vision::mask_render;
 use lobby_service::vision::second::SecondViews;
 use lobby_service::vision::{Embedding, Face, MaskScore, SecondEmbeddings, SecondInput, Vision};
 use rayon::prelude::*;
@@ -203,8 +204,8 @@ impl Ctx {
     }
 
     fn masked_probe(&self, img: &image::RgbImage, clean: &Face, seed: u64) -> Option<MaskedProbe> {
-        let spec = MaskSpec::random(&mut SplitMix::new(seed));
-        let masked = mask::render(img, &clean.landmarks, &spec)?;
+        let spec = random_mask(&mut SplitMix::new(seed));
+        let masked = mask_render::render(img, &clean.landmarks, &spec)?;
         let faces = self.vision.detect(&masked).ok()?;
         let (face, redetected) =
             match lobby_service::vision::quality::primary_face(&faces, masked.width(), masked.height()) {
@@ -619,7 +620,7 @@ fn fused_probe_scores(done: &HashMap<PathBuf, Processed>, pairs: &[Pair], flip: 
     items.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     // As the service fuses frames (`ladder::mean_embedding`).
     let mean = |a: &Embedding, b: &Embedding| {
-        lobby_service::ladder::mean_embedding([a, b].into_iter()).unwrap_or_else(|| a.clone())
+        lobby_service::core::ladder::mean_embedding([a, b].into_iter()).unwrap_or_else(|| a.clone())
     };
     let mut probes: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
@@ -1239,7 +1240,7 @@ fn main() -> Result<()> {
             "mfr2": report.get("mfr2").map(|m| m["mask_detector"].clone()),
             "rwmfd_called_masked": rwmfd,
             "lfw": report.get("lfw").map(|l| l["mask_detector"].clone()),
-            "threshold": lobby_service::vision::maskdet::DEFAULT_THRESHOLD,
+            "threshold": lobby_service::vision::mask_detect::DEFAULT_THRESHOLD,
             "model": "models/trained/mask_detector_probe.onnx (logistic probe on the embedding, trained on synthetic masks of LFW folds 0-2)",
         }),
     );

@@ -19,7 +19,7 @@ use clap::Parser;
 use faiss::{index_factory, Index, MetricType};
 use lobby_bench::{metrics::percentile, record};
 use lobby_models::{default_model_dir, ensure, Source};
-use lobby_service::app::App;
+use lobby_service::core::App;
 use lobby_service::config::Settings;
 use lobby_service::gallery::TemplateKind;
 use lobby_service::store::SqliteStore;
@@ -463,7 +463,7 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
         let mut c = rusqlite::Connection::open(&db)?;
         c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         let tx = c.transaction()?;
-        let model = lobby_service::app::model_id();
+        let model = lobby_service::core::model_id();
         let mut rng = StdRng::seed_from_u64(7);
         let guests = n.div_ceil(2);
         {
@@ -506,7 +506,8 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
     let models_s = t.elapsed().as_secs_f64();
     let rss_models = rss_mib();
     let t2 = Instant::now();
-    let app = App::start(settings, vision)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let app = rt.block_on(App::start(settings, vision))?;
     let gallery_s = t2.elapsed().as_secs_f64();
     let total_s = t.elapsed().as_secs_f64();
     let rss_app = rss_mib();

@@ -5,7 +5,8 @@
 use anyhow::Result;
 use lobby_models::{default_model_dir, ensure, Source};
 use lobby_service::vision::embed::{alignment_transform, ARCFACE_TEMPLATE};
-use lobby_service::vision::mask::{self, MaskSpec, SplitMix};
+use lobby_bench::masks::{random_mask, SplitMix};
+use lobby_service::vision::mask_render;
 use lobby_service::vision::{Embedding, Vision, VisionConfig};
 use std::path::PathBuf;
 
@@ -57,8 +58,8 @@ fn main() -> Result<()> {
                 std::fs::create_dir_all(dir)?;
                 v.align(&img, &f.face)?.save(dir.join(format!("{n:03}.png")))?;
                 // The same face with a synthetic mask (style drawn from the photo's index).
-                let spec = MaskSpec::random(&mut SplitMix::new(n as u64));
-                if let Some(masked) = mask::render(&img, &f.face.landmarks, &spec) {
+                let spec = random_mask(&mut SplitMix::new(n as u64));
+                if let Some(masked) = mask_render::render(&img, &f.face.landmarks, &spec) {
                     v.align(&masked, &f.face)?
                         .save(dir.join(format!("{n:03}-masked.png")))?;
                 }

@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lobby_bench::datasets;
 use lobby_models::{default_model_dir, ensure, Source};
-use lobby_service::vision::mask::{self, MaskSpec, SplitMix};
+use lobby_bench::masks::{random_mask, random_varied_mask, SplitMix};
+use lobby_service::vision::mask_render;
 use lobby_service::vision::quality::primary_face;
 use lobby_service::vision::{Vision, VisionConfig};
 use rayon::prelude::*;
@@ -39,8 +40,8 @@ struct Args {
     out: PathBuf,
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Draw the masks with `MaskSpec::random_varied` (printed patterns, any colour, uneven light,
-    /// grain: the mask detector's data) instead of `MaskSpec::random` (the embedder's data).
+    /// Draw the masks with `random_varied_mask` (printed patterns, any colour, uneven light,
+    /// grain: the mask detector's data) instead of `random_mask` (the embedder's data).
     #[arg(long)]
     varied: bool,
 }
@@ -107,11 +108,11 @@ fn main() -> Result<()> {
             for k in 0..args.variants {
                 let mut rng = SplitMix::new(SEED_BASE + (i * 64 + k) as u64);
                 let spec = if args.varied {
-                    MaskSpec::random_varied(&mut rng)
+                    random_varied_mask(&mut rng)
                 } else {
-                    MaskSpec::random(&mut rng)
+                    random_mask(&mut rng)
                 };
-                let m = mask::render(&img, &face.landmarks, &spec)?;
+                let m = mask_render::render(&img, &face.landmarks, &spec)?;
                 let found = v.detect(&m).unwrap_or_default();
                 let f = match primary_face(&found, m.width(), m.height()) {
                     Some(j) => found[j].clone(),

@@ -11,11 +11,13 @@ use chrono::Days;
 use clap::Parser;
 use lobby_bench::{kiosk, metrics::percentile, record};
 use lobby_models::{default_model_dir, ensure, Source};
-use lobby_service::app::{today, App};
-use lobby_service::auth::Caller;
+use lobby_service::core::{today, App};
+use lobby_service::core::Caller;
 use lobby_service::config::{Role, Settings};
-use lobby_service::store::{ConsentRecord, ResStatus, ReservationInput};
-use lobby_service::vision::Vision;
+use lobby_service::core::Consent;
+use lobby_service::domain::ResStatus;
+use lobby_service::store::ReservationInput;
+use lobby_service::vision::{Vision, VisionConfig};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,12 +86,15 @@ fn main() -> Result<()> {
     let mut settings = Settings::load_from(None, std::iter::empty())?;
     settings.data_dir = scratch.clone();
     settings.limits.max_concurrent_analyses = 1;
-    lobby_service::vision::set_fast_ops(!args.tract_only);
     let t0 = Instant::now();
-    let vision = Arc::new(Vision::load(&paths, App::vision_config(&settings))?);
+    let vision_config = VisionConfig {
+        fast_ops: !args.tract_only,
+        ..App::vision_config(&settings)
+    };
+    let vision = Arc::new(Vision::load(&paths, vision_config)?);
     let load_s = t0.elapsed().as_secs_f64();
     if args.profile {
-        for (name, shape, ops) in vision.model_profile(args.model_runs, args.per_node)? {
+        for (name, shape, ops) in lobby_bench::profile::model_profile(&vision, args.model_runs, args.per_node)? {
             let total: f64 = ops.iter().map(|o| o.2).sum();
             println!("{name} {shape:?}: {total:.2} ms per run");
             let rows = if args.per_node { ops.len() } else { 8 };
@@ -99,7 +104,7 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    let app = Arc::new(App::start(settings, vision.clone())?);
+    let app = Arc::new(rt.block_on(App::start(settings, vision.clone()))?);
 
     // Enrol one photo per identity; frame the others.
     let split = kiosk::split(&args.data)?;
@@ -117,7 +122,7 @@ fn main() -> Result<()> {
     let mut enrolled = 0;
     for (k, (path, id)) in split.enrol.iter().enumerate() {
         let code = format!("R{k:03}");
-        app.upsert_reservation(
+        rt.block_on(app.upsert_reservation(
             &enroller,
             &ReservationInput {
                 property_id: PROPERTY.into(),
@@ -128,12 +133,13 @@ fn main() -> Result<()> {
                 departure: day.checked_add_days(Days::new(2)).unwrap_or(day),
                 status: ResStatus::Booked,
             },
-        )?;
+        ))?;
         let photo = std::fs::read(path)?;
-        let consent = ConsentRecord {
+        let consent = Consent {
+            granted: true,
             method: "bench".into(),
             text_version: "bench".into(),
-            at_ms: lobby_service::app::now_ms(),
+            at_ms: 0,
         };
         let (_, _, stored) = rt.block_on(app.enrol(&enroller, PROPERTY, &code, vec![photo], consent))?;
         enrolled += usize::from(stored > 0);
@@ -155,7 +161,7 @@ fn main() -> Result<()> {
             let t_all = Instant::now();
             let eval = rt.block_on(app.evaluate(&kiosk_caller, f.jpeg.clone(), "", ""))?;
             let t_rec = Instant::now();
-            let checkin = app.record(&kiosk_caller, eval)?;
+            let checkin = rt.block_on(app.record(&kiosk_caller, eval))?;
             let record_ms = t_rec.elapsed().as_secs_f64() * 1000.0;
             let total_ms = t_all.elapsed().as_secs_f64() * 1000.0;
             if pass == 0 {
@@ -193,7 +199,7 @@ fn main() -> Result<()> {
         ));
         stages.insert(name.to_string(), stats(v));
     }
-    let models = vision.model_latency(args.model_runs)?;
+    let models = lobby_bench::profile::model_latency(&vision, args.model_runs)?;
     let mut mtable = String::from("| model (tract, alone) | input | p50 ms | p99 ms |\n|---|---|---|---|\n");
     let mut mjson = Vec::new();
     for (name, shape, v) in &models {

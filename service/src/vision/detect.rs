@@ -76,10 +76,11 @@ pub struct Detector {
     outputs: [[usize; 4]; 3],
     plans: Mutex<HashMap<(usize, usize), Plan>>,
     cfg: DetectorConfig,
+    fast_ops: bool,
 }
 
 impl Detector {
-    pub fn load(path: &Path, cfg: DetectorConfig) -> Result<Detector, VisionError> {
+    pub fn load(path: &Path, cfg: DetectorConfig, fast_ops: bool) -> Result<Detector, VisionError> {
         let model = runtime::parse(path)?;
         let names = runtime::output_names(&model)?;
         let find = |n: String| {
@@ -106,6 +107,7 @@ impl Detector {
             outputs,
             plans: Mutex::new(HashMap::new()),
             cfg,
+            fast_ops,
         };
         // Plan a kiosk frame's first-pass canvas now, so the first check-in does not pay for it.
         let (w, h) = d.kiosk_canvas();
@@ -118,7 +120,7 @@ impl Detector {
             return Ok(p.clone());
         }
         // Planned outside the lock: a new size does not stall detections at known sizes.
-        let plan = runtime::plan(&self.model, &[1, 3, h, w], &self.path)?;
+        let plan = runtime::plan(&self.model, &[1, 3, h, w], &self.path, self.fast_ops)?;
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         if plans.len() >= MAX_CACHED_PLANS {
             plans.clear();

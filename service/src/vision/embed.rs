@@ -112,9 +112,9 @@ pub struct Embedder {
 pub const OUTPUT_NODES: [&str; 2] = ["embedding", "MobileFaceNet/MobileFaceNet/Conv2d_7/add"];
 
 impl Embedder {
-    pub fn load(path: &Path) -> Result<Embedder, VisionError> {
+    pub fn load(path: &Path, fast_ops: bool) -> Result<Embedder, VisionError> {
         let shape = [1, 3, ALIGNED_SIZE as usize, ALIGNED_SIZE as usize];
-        let plan = runtime::load_fixed_with_outputs(path, &shape, &OUTPUT_NODES)?;
+        let plan = runtime::load_fixed_with_outputs(path, &shape, &OUTPUT_NODES, fast_ops)?;
         Ok(Embedder { plan })
     }
 

@@ -28,11 +28,11 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    pub fn load(v2: &Path, v1se: &Path) -> Result<Liveness, VisionError> {
+    pub fn load(v2: &Path, v1se: &Path, fast_ops: bool) -> Result<Liveness, VisionError> {
         let shape = [1, 3, SIDE as usize, SIDE as usize];
         Ok(Liveness {
-            v2: runtime::load_fixed(v2, &shape)?,
-            v1se: runtime::load_fixed(v1se, &shape)?,
+            v2: runtime::load_fixed(v2, &shape, fast_ops)?,
+            v1se: runtime::load_fixed(v1se, &shape, fast_ops)?,
         })
     }
 

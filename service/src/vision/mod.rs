@@ -8,19 +8,19 @@ pub mod embed;
 mod fastops;
 pub mod geometry;
 pub mod liveness;
-pub mod mask;
-pub mod maskdet;
+pub mod mask_render;
+pub mod mask_detect;
 pub mod quality;
 mod runtime;
 pub mod second;
 
-pub use runtime::set_fast_ops;
+pub use runtime::Plan;
 
 pub use decode::DecodeLimits;
 pub use detect::{DetectorConfig, Face};
 pub use embed::{Embedding, ALIGNED_SIZE, EMBEDDING_DIM};
 pub use liveness::LivenessScore;
-pub use maskdet::MaskScore;
+pub use mask_detect::MaskScore;
 pub use quality::Quality;
 pub use second::{SecondEmbeddings, SecondInput};
 
@@ -61,13 +61,27 @@ impl VisionError {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct VisionConfig {
     pub decode: DecodeLimits,
     pub detector: DetectorConfig,
     /// Liveness sees the face at most this large (px; 0: as it is): larger faces are first scaled
     /// down with an antialiasing filter ([`liveness::Liveness::score`]).
     pub liveness_max_face_px: f32,
+    /// Plans swap tract's depthwise convolutions and 2x2 max-pools for the faster kernels of
+    /// `fastops` (on; off only to measure tract alone).
+    pub fast_ops: bool,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        VisionConfig {
+            decode: DecodeLimits::default(),
+            detector: DetectorConfig::default(),
+            liveness_max_face_px: 0.0,
+            fast_ops: true,
+        }
+    }
 }
 
 /// A figure about one model at one input shape: (model name, input shape, figure).
@@ -111,7 +125,7 @@ pub struct Vision {
     detector: detect::Detector,
     embedder: embed::Embedder,
     liveness: liveness::Liveness,
-    mask_detector: maskdet::MaskDetector,
+    mask_detector: mask_detect::MaskDetector,
     second: second::SecondStage,
     cfg: VisionConfig,
 }
@@ -124,11 +138,11 @@ impl Vision {
     /// Loads and plans every model. Call once; share the result.
     pub fn load(paths: &ModelPaths, cfg: VisionConfig) -> Result<Vision, VisionError> {
         Ok(Vision {
-            detector: detect::Detector::load(&paths.detector, cfg.detector)?,
-            embedder: embed::Embedder::load(&paths.embedder)?,
-            liveness: liveness::Liveness::load(&paths.liveness_v2, &paths.liveness_v1se)?,
-            mask_detector: maskdet::MaskDetector::load(&paths.mask_detector)?,
-            second: second::SecondStage::load(&paths.teacher, &paths.dlib)?,
+            detector: detect::Detector::load(&paths.detector, cfg.detector, cfg.fast_ops)?,
+            embedder: embed::Embedder::load(&paths.embedder, cfg.fast_ops)?,
+            liveness: liveness::Liveness::load(&paths.liveness_v2, &paths.liveness_v1se, cfg.fast_ops)?,
+            mask_detector: mask_detect::MaskDetector::load(&paths.mask_detector, cfg.fast_ops)?,
+            second: second::SecondStage::load(&paths.teacher, &paths.dlib, cfg.fast_ops)?,
             cfg,
         })
     }
@@ -180,14 +194,14 @@ impl Vision {
     }
 
     /// Mask-aware enrolment: the template of the face wearing a synthetic mask. The enrolment photo
-    /// is drawn with each of [`mask::ENROLMENT_MASKS`], the face is detected again on each copy (as a
+    /// is drawn with each of [`mask_render::ENROLMENT_MASKS`], the face is detected again on each copy (as a
     /// kiosk would see it; the clean landmarks when the detector misses it) and embedded; the result
     /// is the normalised mean of those embeddings. `None` when no copy could be embedded.
     pub fn masked_template(&self, img: &RgbImage, face: &Face) -> Result<Option<Embedding>, VisionError> {
         let mut sum = vec![0f32; EMBEDDING_DIM];
         let mut n = 0;
-        for spec in mask::ENROLMENT_MASKS {
-            let Some(masked) = mask::render(img, &face.landmarks, &spec) else {
+        for spec in mask_render::ENROLMENT_MASKS {
+            let Some(masked) = mask_render::render(img, &face.landmarks, &spec) else {
                 continue;
             };
             let found = self.detect(&masked)?;
@@ -204,8 +218,9 @@ impl Vision {
 
     /// Each model's plan at the input shape a kiosk check-in gives it, plus the detector's full
     /// 640x480 pass (run when the first pass finds nothing; kept for comparison with earlier runs):
-    /// (name, input shape, plan).
-    fn kiosk_plans(&self) -> Result<Vec<PerModel<runtime::Plan>>, VisionError> {
+    /// (name, input shape, plan), for
+    /// timing and profiling each model alone (`lobby_bench::profile`).
+    pub fn kiosk_plans(&self) -> Result<Vec<PerModel<Plan>>, VisionError> {
         let side = ALIGNED_SIZE as usize;
         let [v2, v1se] = self.liveness.plans();
         let [teacher, dlib] = self.second.plans();
@@ -224,35 +239,6 @@ impl Vision {
             ("teacher", vec![1, 3, side, side], teacher.clone()),
             ("dlib", vec![1, 3, chip, chip], dlib.clone()),
         ])
-    }
-
-    /// Each model's inference time alone (ms per run, `runs` runs after a warm-up) at the shapes a
-    /// kiosk check-in uses: (name, input shape, times). For comparing runtimes on the same model.
-    pub fn model_latency(&self, runs: usize) -> Result<Vec<PerModel<Vec<f64>>>, VisionError> {
-        self.kiosk_plans()?
-            .into_iter()
-            .map(|(name, shape, plan)| Ok((name, shape.clone(), runtime::time_plan(&plan, &shape, runs)?)))
-            .collect()
-    }
-
-    /// Per-operator profile of each model at the shapes of [`Vision::model_latency`]: (name, input
-    /// shape, [(operator, nodes, ms per run)] largest first); with `per_node`, one row per node
-    /// (its id, operator, parameters and input shape) instead of one per operator.
-    pub fn model_profile(
-        &self,
-        runs: usize,
-        per_node: bool,
-    ) -> Result<Vec<PerModel<Vec<runtime::OpTime>>>, VisionError> {
-        self.kiosk_plans()?
-            .into_iter()
-            .map(|(name, shape, plan)| {
-                Ok((
-                    name,
-                    shape.clone(),
-                    runtime::profile_plan(&plan, &shape, runs, per_node)?,
-                ))
-            })
-            .collect()
     }
 
     /// Decodes a photo and analyses the guest's face in it.

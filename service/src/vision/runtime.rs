@@ -2,15 +2,11 @@
 
 use super::{fastops, VisionError};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 pub type Plan = Arc<TypedRunnableModel>;
-
-/// An operator kind's share of a run: (operator, nodes of that kind, ms per run).
-pub type OpTime = (String, usize, f64);
 
 fn load_err(path: &Path, e: impl std::fmt::Display) -> VisionError {
     VisionError::ModelLoad {
@@ -312,25 +308,17 @@ pub fn rewrite_prelu(g: &mut pb::GraphProto) -> usize {
     rewritten
 }
 
-/// Whether plans swap tract's depthwise convolutions and 2x2 max-pools for [`fastops`]' (on unless a
-/// benchmark turns it off to measure tract alone).
-static FAST_OPS: AtomicBool = AtomicBool::new(true);
-
-/// Turns the [`fastops`] rewrite on or off for plans made from now on (for A/B benchmarks).
-pub fn set_fast_ops(on: bool) {
-    FAST_OPS.store(on, Ordering::Relaxed);
-}
-
 /// Makes an optimized plan of `model` for an f32 input of `shape`: decluttered by tract, the
-/// [`fastops`] rewrite applied, then optimized and planned by tract.
-pub fn plan(model: &InferenceModel, shape: &[usize], what: &Path) -> Result<Plan, VisionError> {
+/// [`fastops`] rewrite applied (unless `fast_ops` is off, to measure tract alone), then optimized
+/// and planned by tract.
+pub fn plan(model: &InferenceModel, shape: &[usize], what: &Path, fast_ops: bool) -> Result<Plan, VisionError> {
     let typed = model
         .clone()
         .with_input_fact(0, f32::fact(shape).into())
         .and_then(|m| m.into_typed())
         .and_then(|m| m.into_decluttered())
         .map_err(|e| load_err(what, e))?;
-    let typed = if FAST_OPS.load(Ordering::Relaxed) {
+    let typed = if fast_ops {
         fastops::rewrite(typed).map_err(|e| load_err(what, e))?.0
     } else {
         typed
@@ -342,16 +330,21 @@ pub fn plan(model: &InferenceModel, shape: &[usize], what: &Path) -> Result<Plan
 }
 
 /// Loads a fixed-shape model and plans it once.
-pub fn load_fixed(path: &Path, shape: &[usize]) -> Result<Plan, VisionError> {
-    plan(&parse(path)?, shape, path)
+pub fn load_fixed(path: &Path, shape: &[usize], fast_ops: bool) -> Result<Plan, VisionError> {
+    plan(&parse(path)?, shape, path, fast_ops)
 }
 
 /// Loads a fixed-shape model with the outputs of the named nodes (in that order) and plans it once.
-pub fn load_fixed_with_outputs(path: &Path, shape: &[usize], outputs: &[&str]) -> Result<Plan, VisionError> {
+pub fn load_fixed_with_outputs(
+    path: &Path,
+    shape: &[usize],
+    outputs: &[&str],
+    fast_ops: bool,
+) -> Result<Plan, VisionError> {
     let model = parse_keeping(path, outputs)?
         .with_outputs_by_name(outputs.iter().copied())
         .map_err(|e| load_err(path, e))?;
-    plan(&model, shape, path)
+    plan(&model, shape, path, fast_ops)
 }
 
 /// Runs `plan` on one f32 input of `shape` and returns every output flattened, in output order.
@@ -373,68 +366,6 @@ pub fn run(plan: &Plan, shape: &[usize], input: Vec<f32>) -> Result<Vec<Vec<f32>
 }
 
 /// A constant f32 input of `shape`, for timing a plan (its cost does not depend on the values).
-fn constant_input(shape: &[usize]) -> Result<TValue, VisionError> {
-    let n: usize = shape.iter().product();
-    Ok(tract_ndarray::ArrayD::from_shape_vec(shape, vec![0.5f32; n])
-        .map_err(|e| VisionError::Inference(e.to_string()))?
-        .into_tensor()
-        .into_tvalue())
-}
-
-/// Milliseconds of each of `runs` runs of `plan` on a constant input of `shape`, after one warm-up
-/// run: the model alone, without pre- or post-processing.
-pub fn time_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<f64>, VisionError> {
-    let input = constant_input(shape)?;
-    let mut times = Vec::with_capacity(runs);
-    for k in 0..=runs {
-        let t = std::time::Instant::now();
-        plan.run(tvec!(input.clone()))
-            .map_err(|e| VisionError::Inference(e.to_string()))?;
-        if k > 0 {
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    Ok(times)
-}
-
-/// Where `plan`'s time goes: milliseconds per run spent in each operator kind (summed over its nodes,
-/// averaged over `runs` runs after a warm-up), largest first, with the node count; with `per_node`,
-/// one row per node instead (its id, operator, parameters and input shape).
-pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize, per_node: bool) -> Result<Vec<OpTime>, VisionError> {
-    use std::collections::HashMap;
-    use tract_onnx::tract_core::plan::{eval, SimpleState};
-    let input = constant_input(shape)?;
-    let mut state = SimpleState::new(plan).map_err(|e| VisionError::Inference(e.to_string()))?;
-    let mut by_op: HashMap<String, (std::collections::HashSet<usize>, f64)> = HashMap::new();
-    for k in 0..=runs {
-        state
-            .run_plan_with_eval(tvec!(input.clone()), |ctx, st, node, inputs| {
-                let key = if per_node {
-                    let info = node.op().info().unwrap_or_default().join(", ");
-                    let shape = inputs.first().map(|i| i.shape().to_vec()).unwrap_or_default();
-                    format!("#{:03} {} {info} on {shape:?}", node.id, node.op().name())
-                } else {
-                    node.op().name().to_string()
-                };
-                let t = std::time::Instant::now();
-                let r = eval(ctx, st, node, inputs);
-                if k > 0 {
-                    let e = by_op.entry(key).or_default();
-                    e.0.insert(node.id);
-                    e.1 += t.elapsed().as_secs_f64() * 1000.0;
-                }
-                r
-            })
-            .map_err(|e| VisionError::Inference(e.to_string()))?;
-    }
-    let mut out: Vec<OpTime> = by_op
-        .into_iter()
-        .map(|(op, (nodes, ms))| (op, nodes.len(), ms / runs.max(1) as f64))
-        .collect();
-    out.sort_by(|a, b| b.2.total_cmp(&a.2));
-    Ok(out)
-}
-
 /// Output names of a parsed model, in output order.
 pub fn output_names(model: &InferenceModel) -> Result<Vec<String>, VisionError> {
     let outlets = model
@@ -582,7 +513,7 @@ mod tests {
             .unwrap()
             .with_outputs_by_name(outputs.iter().copied())
             .unwrap();
-        let plan = plan(&model, &[1, 4, 6, 6], Path::new("test")).unwrap();
+        let plan = plan(&model, &[1, 4, 6, 6], Path::new("test"), true).unwrap();
         run(&plan, &[1, 4, 6, 6], values(144, 9).iter().map(|v| v * 4.0).collect()).unwrap()
     }
 

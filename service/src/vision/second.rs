@@ -126,12 +126,12 @@ pub struct SecondStage {
 }
 
 impl SecondStage {
-    pub fn load(teacher: &Path, dlib: &Path) -> Result<SecondStage, VisionError> {
+    pub fn load(teacher: &Path, dlib: &Path, fast_ops: bool) -> Result<SecondStage, VisionError> {
         let side = ALIGNED_SIZE as usize;
         let chip = DLIB_CHIP as usize;
         Ok(SecondStage {
-            teacher: runtime::load_fixed(teacher, &[1, 3, side, side])?,
-            dlib: runtime::load_fixed(dlib, &[1, 3, chip, chip])?,
+            teacher: runtime::load_fixed(teacher, &[1, 3, side, side], fast_ops)?,
+            dlib: runtime::load_fixed(dlib, &[1, 3, chip, chip], fast_ops)?,
         })
     }
 

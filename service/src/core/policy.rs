@@ -1,44 +1,17 @@
 //! The check-in decision policy: a pure function of what the pipeline saw, what matching found, the
 //! reservation's state and the guest's health status. No I/O here, so every rule is unit-tested.
 //! What the server asks of the guest before a not-confident identity goes to the desk is the
-//! escalation ladder's (`crate::ladder`).
+//! escalation ladder's (`super::ladder`).
 
+use super::cascade::{student_threshold, CascadeScore, Judged, Mode};
+use super::healthcode::QrProblem;
+use super::ladder::IdentityState;
 use crate::config::{Policy, PolicyOutcome};
-use crate::health::{Colour, HealthRecord, QrProblem};
-use crate::ladder::IdentityState;
-use crate::matching::{student_threshold, CascadeScore, Judged, Mode};
-use crate::store::{ResStatus, ReservationView};
+pub use crate::domain::{Outcome, Reason};
+use crate::domain::{Colour, HealthRecord, ResStatus};
+use crate::store::ReservationView;
 use crate::vision::{FaceAnalysis, Quality};
 use chrono::NaiveDate;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Outcome {
-    // Ordered by severity: the final outcome is the most severe of the rules' outcomes.
-    Approved,
-    Review,
-    Denied,
-    Retry,
-}
-
-impl Outcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::Approved => "APPROVED",
-            Outcome::Review => "REVIEW",
-            Outcome::Denied => "DENIED",
-            Outcome::Retry => "RETRY",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Outcome> {
-        Some(match s {
-            "APPROVED" => Outcome::Approved,
-            "REVIEW" => Outcome::Review,
-            "DENIED" => Outcome::Denied,
-            "RETRY" => Outcome::Retry,
-            _ => return None,
-        })
-    }
-}
 
 impl From<PolicyOutcome> for Outcome {
     fn from(p: PolicyOutcome) -> Self {
@@ -50,113 +23,7 @@ impl From<PolicyOutcome> for Outcome {
     }
 }
 
-/// Machine-readable reasons (stored by name, sent as the proto enum).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    NoFace,
-    MultipleFaces,
-    FaceTooSmall,
-    FaceOutOfFrame,
-    TooDark,
-    TooBright,
-    Blurred,
-    HeadTurned,
-    NotLive,
-    Matched,
-    NoMatch,
-    LowMatchScore,
-    AmbiguousMatch,
-    ReservationNotFound,
-    NotEnrolled,
-    WrongArrivalDay,
-    AlreadyCheckedIn,
-    ReservationCancelled,
-    HealthGreen,
-    HealthYellow,
-    HealthRed,
-    HealthUnknown,
-    HealthExpired,
-    HealthQrInvalid,
-    HealthQrStale,
-    HealthQrOtherGuest,
-    ShowReservation,
-    LowerMask,
-    HoldStill,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 29] = [
-        Reason::NoFace,
-        Reason::MultipleFaces,
-        Reason::FaceTooSmall,
-        Reason::FaceOutOfFrame,
-        Reason::TooDark,
-        Reason::TooBright,
-        Reason::Blurred,
-        Reason::HeadTurned,
-        Reason::NotLive,
-        Reason::Matched,
-        Reason::NoMatch,
-        Reason::LowMatchScore,
-        Reason::AmbiguousMatch,
-        Reason::ReservationNotFound,
-        Reason::NotEnrolled,
-        Reason::WrongArrivalDay,
-        Reason::AlreadyCheckedIn,
-        Reason::ReservationCancelled,
-        Reason::HealthGreen,
-        Reason::HealthYellow,
-        Reason::HealthRed,
-        Reason::HealthUnknown,
-        Reason::HealthExpired,
-        Reason::HealthQrInvalid,
-        Reason::HealthQrStale,
-        Reason::HealthQrOtherGuest,
-        Reason::ShowReservation,
-        Reason::LowerMask,
-        Reason::HoldStill,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Reason::NoFace => "NO_FACE",
-            Reason::MultipleFaces => "MULTIPLE_FACES",
-            Reason::FaceTooSmall => "FACE_TOO_SMALL",
-            Reason::FaceOutOfFrame => "FACE_OUT_OF_FRAME",
-            Reason::TooDark => "TOO_DARK",
-            Reason::TooBright => "TOO_BRIGHT",
-            Reason::Blurred => "BLURRED",
-            Reason::HeadTurned => "HEAD_TURNED",
-            Reason::NotLive => "NOT_LIVE",
-            Reason::Matched => "MATCHED",
-            Reason::NoMatch => "NO_MATCH",
-            Reason::LowMatchScore => "LOW_MATCH_SCORE",
-            Reason::AmbiguousMatch => "AMBIGUOUS_MATCH",
-            Reason::ReservationNotFound => "RESERVATION_NOT_FOUND",
-            Reason::NotEnrolled => "NOT_ENROLLED",
-            Reason::WrongArrivalDay => "WRONG_ARRIVAL_DAY",
-            Reason::AlreadyCheckedIn => "ALREADY_CHECKED_IN",
-            Reason::ReservationCancelled => "RESERVATION_CANCELLED",
-            Reason::HealthGreen => "HEALTH_GREEN",
-            Reason::HealthYellow => "HEALTH_YELLOW",
-            Reason::HealthRed => "HEALTH_RED",
-            Reason::HealthUnknown => "HEALTH_UNKNOWN",
-            Reason::HealthExpired => "HEALTH_EXPIRED",
-            Reason::HealthQrInvalid => "HEALTH_QR_INVALID",
-            Reason::HealthQrStale => "HEALTH_QR_STALE",
-            Reason::HealthQrOtherGuest => "HEALTH_QR_OTHER_GUEST",
-            Reason::ShowReservation => "SHOW_RESERVATION",
-            Reason::LowerMask => "LOWER_MASK",
-            Reason::HoldStill => "HOLD_STILL",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.iter().copied().find(|r| r.as_str() == s)
-    }
-}
-
-/// What matching found, each score judged by [`crate::matching::judge`].
+/// What matching found, each score judged by [`super::cascade::judge`].
 #[derive(Debug, Clone)]
 pub enum MatchFacts {
     /// 1:1 against the reservation the guest named. `judged` is `None` when it has no templates.
@@ -332,7 +199,7 @@ fn not_confident_reason(p: &Policy, j: &Judged) -> Reason {
 }
 
 /// Decides a check-in. `face` is the guest's face (None: no face found). An identity that is not
-/// confident gives REVIEW here, never DENIED; the escalation ladder (`crate::ladder`) may first
+/// confident gives REVIEW here, never DENIED; the escalation ladder (`super::ladder`) may first
 /// turn it into a RETRY that asks something of the guest.
 pub fn decide(
     p: &Policy,

@@ -64,6 +64,13 @@ pub fn fuse(c: &Cascade, student: f32, second: SecondCosines) -> f32 {
     z(0, student) + z(1, second.teacher) + second.dlib.map(|d| z(2, d)).unwrap_or(0.0)
 }
 
+/// Whether the second stage is consulted for a first-stage `score`: an unmasked probe, the cascade
+/// on, the score in the mode's band.
+pub fn in_band(c: &Cascade, mode: Mode, masked: bool, score: f32) -> bool {
+    let b = band(c, mode).band;
+    c.enabled && !masked && score >= b[0] && score < b[1]
+}
+
 fn band(c: &Cascade, mode: Mode) -> crate::config::CascadeBand {
     match mode {
         Mode::OneToOne => c.one_to_one,

@@ -242,9 +242,3 @@ fn fusion_averages_the_same_person_and_restarts_for_someone_else() {
     assert_eq!(f.len(), 3);
 }
 
-#[test]
-fn steps_round_trip_by_name() {
-    for s in Step::ALL {
-        assert_eq!(Step::parse(s.as_str()), Some(s));
-    }
-}

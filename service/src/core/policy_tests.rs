@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::Settings;
-use crate::matching::{judge, SecondCosines};
+use crate::core::cascade::{judge, SecondCosines};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -311,9 +311,3 @@ fn stay_rules() {
     );
 }
 
-#[test]
-fn reasons_round_trip_by_name() {
-    for r in Reason::ALL {
-        assert_eq!(Reason::parse(r.as_str()), Some(r));
-    }
-}

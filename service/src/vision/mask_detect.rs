@@ -26,9 +26,9 @@ pub struct MaskDetector {
 }
 
 impl MaskDetector {
-    pub fn load(path: &Path) -> Result<MaskDetector, VisionError> {
+    pub fn load(path: &Path, fast_ops: bool) -> Result<MaskDetector, VisionError> {
         Ok(MaskDetector {
-            plan: runtime::load_fixed(path, &FEATURE_SHAPE)?,
+            plan: runtime::load_fixed(path, &FEATURE_SHAPE, fast_ops)?,
         })
     }
 

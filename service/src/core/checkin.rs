@@ -8,19 +8,15 @@
 //! stream while a step is asked (the guest has no code, walks to the desk), the REVIEW the desk
 //! gets.
 
-use crate::app::{new_decision_id, now_ms, require_property, today, App, AppError, Result};
-use crate::auth::Caller;
-use crate::gallery::TemplateKind;
-use crate::health::{self, HealthRecord, QrProblem};
-use crate::ladder::{FusedFrame, Fusion, Next, Session, Step};
-use crate::matching::{judge, Mode, SecondCosines};
-use crate::policy::{self, Decision, FaceFacts, MatchFacts, Outcome, Reason};
-use crate::store::{DecisionRow, ResStatus, ReservationView};
-use crate::vision::{Analysis, Embedding, SecondEmbeddings, Vision};
-use chrono::NaiveDate;
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::Arc;
+use super::cascade::{self, judge, Judged, Mode};
+use super::healthcode::{self, QrProblem};
+use super::ladder::{FusedFrame, Fusion, Next, Session};
+use super::matcher::GuestTemplates;
+use super::policy::{self, Decision, FaceFacts, MatchFacts};
+use super::{new_decision_id, now_ms, today, App, Caller, Result};
+use crate::domain::{HealthRecord, Outcome, Reason, Step};
+use crate::store::DecisionRow;
+use crate::vision::{Analysis, Embedding};
 use std::time::Instant;
 
 /// A check-in frame evaluated but not yet recorded.
@@ -71,41 +67,6 @@ impl CheckInStream {
     }
 }
 
-/// A guest's templates, by kind, of the models now loaded.
-#[derive(Debug, Default)]
-struct GuestTemplates {
-    clean: Vec<Embedding>,
-    masked: Vec<Embedding>,
-    teacher: Vec<Embedding>,
-    dlib: Vec<Embedding>,
-}
-
-fn best(ts: &[Embedding], probe: &Embedding) -> Option<f32> {
-    ts.iter().map(|t| probe.cosine(t)).reduce(f32::max)
-}
-
-impl GuestTemplates {
-    /// The first stage's score (`gallery::fused`); `None` without a clean template.
-    fn first_stage(&self, probe: &Embedding, masked_probe: bool) -> Option<f32> {
-        Some(crate::gallery::fused(
-            masked_probe,
-            best(&self.clean, probe)?,
-            best(&self.masked, probe),
-        ))
-    }
-
-    /// The second stage's cosines; `None` when the guest lacks a template the fusion needs.
-    fn second(&self, probe: &SecondEmbeddings, with_dlib: bool) -> Option<SecondCosines> {
-        let teacher = best(&self.teacher, &probe.teacher)?;
-        let dlib = if with_dlib {
-            Some(best(&self.dlib, probe.dlib.as_ref()?)?)
-        } else {
-            None
-        };
-        Some(SecondCosines { teacher, dlib })
-    }
-}
-
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -127,154 +88,117 @@ fn ask(d: &Decision, reason: Reason) -> Decision {
     }
 }
 
-fn step_reason(s: Step) -> Reason {
-    match s {
-        Step::HoldStill => Reason::HoldStill,
-        Step::ShowReservation => Reason::ShowReservation,
-        Step::LowerMask => Reason::LowerMask,
-    }
-}
-
 impl App {
-    fn eligible(&self, r: &ReservationView, today: NaiveDate) -> bool {
-        let slack = chrono::Days::new(self.settings.gallery.stay_slack_days as u64);
-        let from = r.arrival.checked_sub_days(slack).unwrap_or(r.arrival);
-        let to = r.departure.checked_add_days(slack).unwrap_or(r.departure);
-        !r.erased && matches!(r.status, ResStatus::Booked | ResStatus::CheckedIn) && from <= today && today < to
-    }
-
-    fn guest_templates(&self, guest_id: &str) -> Result<GuestTemplates> {
-        let mut g = GuestTemplates::default();
-        for t in self.store.guest_templates(guest_id)? {
-            let Some(kind) = TemplateKind::parse(&t.kind) else {
-                continue;
-            };
-            if t.model_id != self.models.of(kind) {
-                continue;
-            }
-            let e = Embedding(t.vector);
-            match kind {
-                TemplateKind::Clean => g.clean.push(e),
-                TemplateKind::Masked => g.masked.push(e),
-                TemplateKind::Teacher => g.teacher.push(e),
-                TemplateKind::Dlib => g.dlib.push(e),
-            }
-        }
-        Ok(g)
-    }
-
-    /// The second stage on the fused frames against a guest's templates: each frame's second-stage
-    /// embeddings are computed once (and kept in the fusion), then fused. Adds the time spent to
-    /// `ms`. `None` (the student decides alone) when a frame has no second-stage input, the guest
-    /// lacks templates, or the models fail (logged).
-    fn second_cosines(
+    /// The second stage's cosines of the fused frames against a guest's templates: each frame's
+    /// second-stage embeddings are computed once (kept in the fusion), on the blocking pool within
+    /// the analysis bound, then fused. Adds the time spent to `ms`. `None` (the student decides
+    /// alone) when a frame has no second-stage input, the guest lacks templates, or the models fail
+    /// (logged).
+    async fn second_cosines(
         &self,
-        v: &Vision,
         fusion: &mut Fusion,
         ts: &GuestTemplates,
         ms: &mut f64,
-    ) -> Option<SecondCosines> {
-        let with_dlib = self.settings.cascade.weights[2] > 0.0;
-        if ts.teacher.is_empty() || (with_dlib && ts.dlib.is_empty()) {
-            return None;
+    ) -> Result<Option<cascade::SecondCosines>> {
+        let (with_dlib, flip) = (self.settings.cascade.weights[2] > 0.0, self.settings.cascade.flip);
+        if !ts.has_second_stage(with_dlib) {
+            return Ok(None);
         }
         let t = Instant::now();
-        let computed = fusion.frames_mut().iter_mut().all(|f| {
-            if f.second.is_some() {
-                return true;
+        let mut inputs = Vec::new();
+        for f in fusion.frames_mut().iter().filter(|f| f.second.is_none()) {
+            match &f.second_input {
+                Some(i) => inputs.push(i.clone()),
+                None => return Ok(None),
             }
-            let Some(input) = f.second_input.as_ref() else {
-                return false;
-            };
-            match v.second_embeddings(input, with_dlib, self.settings.cascade.flip) {
-                Ok(e) => {
-                    f.second = Some(e);
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "second stage failed; the first stage decides alone");
-                    false
-                }
-            }
-        });
-        *ms += ms_since(t);
-        if !computed {
-            return None;
         }
-        ts.second(&fusion.second()?, with_dlib)
+        let computed = self
+            .with_analyser(move |v| {
+                Ok(inputs
+                    .iter()
+                    .map(|i| v.second_embeddings(i, with_dlib, flip))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        *ms += ms_since(t);
+        let mut computed = computed.into_iter();
+        for f in fusion.frames_mut().iter_mut().filter(|f| f.second.is_none()) {
+            match computed.next() {
+                Some(Ok(e)) => f.second = Some(e),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "second stage failed; the first stage decides alone");
+                    return Ok(None);
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(fusion.second().and_then(|s| ts.second(&s, with_dlib)))
     }
 
-    /// Identity matching on the fused frames (runs on a blocking thread: store, Faiss and, in the
-    /// cascade's band, two more models). Returns the fusion (with any second-stage embeddings
-    /// computed), what matching found, and the second stage's milliseconds.
-    fn identify(
+    /// Judges a first-stage score, consulting the second stage in the cascade's band.
+    async fn judged(
         &self,
-        v: &Vision,
+        mode: Mode,
+        masked: bool,
+        score: f32,
+        ts: &GuestTemplates,
+        fusion: &mut Fusion,
+        second_ms: &mut f64,
+    ) -> Result<Judged> {
+        let (p, c) = (&self.settings.policy, &self.settings.cascade);
+        let second = if cascade::in_band(c, mode, masked, score) {
+            self.second_cosines(fusion, ts, second_ms).await?
+        } else {
+            None
+        };
+        Ok(judge(p, c, mode, masked, score, || second))
+    }
+
+    /// Identity matching on the fused frames: 1:1 when the guest gave a code, else 1:N.
+    async fn identify(
+        &self,
         property: &str,
-        mut fusion: Fusion,
+        fusion: &mut Fusion,
         masked: bool,
         code: Option<&str>,
-        today: NaiveDate,
-    ) -> Result<(Fusion, MatchFacts, f64)> {
-        let probe = fusion
+        second_ms: &mut f64,
+    ) -> Result<MatchFacts> {
+        let probe: Embedding = fusion
             .embedding()
-            .ok_or_else(|| AppError::Internal("no frame to match".into()))?;
-        let (p, c) = (&self.settings.policy, &self.settings.cascade);
-        let mut second_ms = 0.0;
-        let facts = match code {
+            .ok_or_else(|| super::AppError::Internal("no frame to match".into()))?;
+        Ok(match code {
             Some(code) => {
-                let reservation = self.store.get_reservation(property, code)?;
-                let judged = match &reservation {
-                    Some(r) if !r.erased => {
-                        let ts = self.guest_templates(&r.guest_id)?;
-                        ts.first_stage(&probe, masked).map(|score| {
-                            judge(p, c, Mode::OneToOne, masked, score, || {
-                                self.second_cosines(v, &mut fusion, &ts, &mut second_ms)
-                            })
-                        })
-                    }
-                    _ => None,
+                let (reservation, scored) = self.matcher.one_to_one(property, code, &probe, masked).await?;
+                let judged = match scored {
+                    Some((score, ts)) => Some(
+                        self.judged(Mode::OneToOne, masked, score, &ts, fusion, second_ms)
+                            .await?,
+                    ),
+                    None => None,
                 };
                 MatchFacts::OneToOne { reservation, judged }
             }
             None => {
-                let cache: RefCell<HashMap<String, Option<ReservationView>>> = RefCell::new(HashMap::new());
-                let lookup = |g: &str| -> Option<ReservationView> {
-                    let mut c = cache.borrow_mut();
-                    c.entry(g.to_string())
-                        .or_insert_with(|| self.store.reservation_of_guest(g).ok().flatten())
-                        .clone()
-                };
-                let hits = self
-                    .gallery
-                    .search(property, &probe.0, masked, self.settings.gallery.search_k, |g| {
-                        lookup(g).map(|r| self.eligible(&r, today)).unwrap_or(false)
-                    })?;
-                let best = match hits.first() {
-                    Some(h) => match lookup(&h.guest_id) {
-                        Some(r) => {
-                            let ts = self.guest_templates(&h.guest_id)?;
-                            let j = judge(p, c, Mode::OneToN, masked, h.score, || {
-                                self.second_cosines(v, &mut fusion, &ts, &mut second_ms)
-                            });
-                            Some((r, j))
-                        }
-                        None => None,
-                    },
+                let found = self.matcher.one_to_n(property, &probe, masked, today()).await?;
+                let best = match found.best {
+                    Some((r, score, ts)) => Some((
+                        r,
+                        self.judged(Mode::OneToN, masked, score, &ts, fusion, second_ms)
+                            .await?,
+                    )),
                     None => None,
                 };
                 MatchFacts::OneToN {
                     best,
-                    second: hits.get(1).map(|h| h.score),
+                    second: found.second,
                 }
             }
-        };
-        Ok((fusion, facts, second_ms))
+        })
     }
 
     /// One frame of a check-in: analysis, capture checks, fusion, matching, policy, ladder.
     async fn frame(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         session: &mut Session,
         photo: Vec<u8>,
@@ -282,9 +206,9 @@ impl App {
         qr: &str,
     ) -> Result<(Evaluated, Option<Evaluated>)> {
         let started = Instant::now();
-        let property = require_property(caller)?.to_string();
+        let property = caller.kiosk_property()?.to_string();
         session.frame(code);
-        let analysis = self.analyze(photo).await?;
+        let analysis = self.with_analyser(move |v| v.analyse(&photo)).await?;
         let (today, now) = (today(), now_ms());
         let p = &self.settings.policy;
         let ladder = &self.settings.ladder;
@@ -328,16 +252,15 @@ impl App {
             masked,
             ladder,
         );
-        let fusion = std::mem::take(session.current_mut());
         let t = Instant::now();
-        let (app, code) = (self.clone(), session.code.clone());
-        let (fusion, matching, second_ms) = self
-            .with_vision(move |v| app.identify(v, &property, fusion, masked, code.as_deref(), today))
+        let code = session.code.clone();
+        let mut second_ms = 0.0;
+        let matching = self
+            .identify(&property, session.current_mut(), masked, code.as_deref(), &mut second_ms)
             .await?;
         eval.search_ms = ms_since(t) - second_ms;
         eval.second_ms = second_ms;
         let t = Instant::now();
-        *session.current_mut() = fusion;
         let fused = session.current();
         // The QR counts only for the guest the face was matched to (or named).
         let candidate = match &matching {
@@ -345,7 +268,7 @@ impl App {
             MatchFacts::OneToN { best, .. } => best.as_ref().map(|(r, _)| r),
         };
         let qr_result: Option<std::result::Result<HealthRecord, QrProblem>> = match candidate {
-            Some(r) if !qr.is_empty() => Some(health::verify_qr(
+            Some(r) if !qr.is_empty() => Some(healthcode::verify_qr(
                 qr,
                 &self.issuers,
                 &r.guest_ref,
@@ -373,7 +296,7 @@ impl App {
                 eval.decision = decision;
                 return Ok((eval, None));
             }
-            Next::Ask(step) => step_reason(step),
+            Next::Ask(step) => step.reason(),
             Next::CodeNotFound => Reason::ReservationNotFound,
         };
         let mut desk = eval.clone();
@@ -385,7 +308,7 @@ impl App {
     /// Evaluates a unary check-in (one frame, no ladder memory: a step comes back as a RETRY);
     /// nothing is recorded.
     pub async fn evaluate(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         photo: Vec<u8>,
         code: &str,
@@ -396,15 +319,15 @@ impl App {
     }
 
     /// A unary check-in, evaluated and recorded (RETRY answers included).
-    pub async fn check_in(self: &Arc<Self>, caller: &Caller, photo: Vec<u8>, code: &str, qr: &str) -> Result<CheckIn> {
+    pub async fn check_in(&self, caller: &Caller, photo: Vec<u8>, code: &str, qr: &str) -> Result<CheckIn> {
         let eval = self.evaluate(caller, photo, code, qr).await?;
-        self.record(caller, eval)
+        self.record(caller, eval).await
     }
 
     /// One frame of a check-in stream: guidance (RETRY, not recorded) or the final decision,
     /// recorded.
     pub async fn stream_frame(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         stream: &mut CheckInStream,
         photo: Vec<u8>,
@@ -417,7 +340,7 @@ impl App {
             // established, if it had asked something, rather than the capture guidance.
             if let Some(mut desk) = stream.abandoned.take() {
                 desk.frames = eval.frames;
-                return Ok(StreamAnswer::Final(self.record(caller, desk)?));
+                return Ok(StreamAnswer::Final(self.record(caller, desk).await?));
             }
         }
         if eval.decision.outcome == Outcome::Retry {
@@ -427,26 +350,26 @@ impl App {
             stream.last = Some(eval.clone());
             return Ok(StreamAnswer::Guidance(eval));
         }
-        Ok(StreamAnswer::Final(self.record(caller, eval)?))
+        Ok(StreamAnswer::Final(self.record(caller, eval).await?))
     }
 
     /// The kiosk closed the stream before a final decision. When the ladder had asked the guest
     /// something (a code they do not have, a step they cannot take), they go to the desk: the
     /// REVIEW is recorded and returned for the kiosk. Otherwise (only capture guidance was given)
     /// the last guidance is recorded and nothing is returned.
-    pub fn end_stream(&self, caller: &Caller, stream: CheckInStream) -> Result<Option<CheckIn>> {
+    pub async fn end_stream(&self, caller: &Caller, stream: CheckInStream) -> Result<Option<CheckIn>> {
         if let Some(desk) = stream.abandoned {
-            return Ok(Some(self.record(caller, desk)?));
+            return Ok(Some(self.record(caller, desk).await?));
         }
         if let Some(last) = stream.last {
-            self.record(caller, last)?;
+            self.record(caller, last).await?;
         }
         Ok(None)
     }
 
     /// Records an evaluated check-in (audited); an approval checks the reservation in, a REVIEW is
     /// pushed to front-desk subscribers.
-    pub fn record(&self, caller: &Caller, eval: Evaluated) -> Result<CheckIn> {
+    pub async fn record(&self, caller: &Caller, eval: Evaluated) -> Result<CheckIn> {
         let d = &eval.decision;
         let id = new_decision_id();
         let named = d.reservation.as_ref().or(d.candidate.as_ref());
@@ -456,8 +379,8 @@ impl App {
             property_id: caller.property.clone().unwrap_or_default(),
             kiosk_id: caller.id.clone(),
             created_at_ms: now_ms(),
-            outcome: d.outcome.as_str().into(),
-            reasons: d.reasons.iter().map(|r| r.as_str().to_string()).collect(),
+            outcome: d.outcome,
+            reasons: d.reasons.clone(),
             reservation_code: named.map(|r| r.code.clone()).unwrap_or_default(),
             guest_id,
             match_score: d.score,
@@ -468,19 +391,18 @@ impl App {
             health_colour: d
                 .health_used
                 .as_ref()
-                .map(|h| h.colour.as_str())
-                .unwrap_or("UNKNOWN")
-                .into(),
+                .map(|h| h.colour)
+                .unwrap_or(crate::domain::Colour::Unknown),
             guest_message: d.guest_message.clone(),
-            final_outcome: d.outcome.as_str().into(),
+            final_outcome: d.outcome,
             override_: None,
-            steps: eval.steps.iter().map(|s| s.as_str().to_string()).collect(),
+            steps: eval.steps.clone(),
             frames: eval.frames,
             fused_frames: eval.fused_frames,
             cascade: d.cascade.map(|c| (c.fused, c.threshold)),
         };
         let approved = d.outcome == Outcome::Approved && d.reservation.is_some();
-        self.store.record_decision(&row, approved, row.created_at_ms)?;
+        self.store.record_decision(&row, approved, row.created_at_ms).await?;
         if d.outcome == Outcome::Review {
             let _ = self.reviews.send(row);
         }

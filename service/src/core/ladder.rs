@@ -31,34 +31,9 @@
 //! (a masked face without a code: lower the mask; without a code: show it; with a code: decide).
 
 use crate::config::Ladder as LadderSettings;
+pub use crate::domain::Step;
 use crate::vision::{Embedding, SecondEmbeddings, SecondInput};
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Step {
-    /// Keep looking at the camera: more frames are fused (liveness uncertain).
-    HoldStill,
-    /// Show the booking QR or type the reservation code.
-    ShowReservation,
-    /// Lower the mask for a moment.
-    LowerMask,
-}
-
-impl Step {
-    pub const ALL: [Step; 3] = [Step::HoldStill, Step::ShowReservation, Step::LowerMask];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::HoldStill => "HOLD_STILL",
-            Step::ShowReservation => "SHOW_RESERVATION",
-            Step::LowerMask => "LOWER_MASK",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-}
 
 /// One good frame (it passed the capture checks) as fusion keeps it: no photo, only what matching
 /// reads, for as long as the stream lasts.

@@ -8,54 +8,12 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+pub use crate::domain::{Colour, HealthRecord};
 use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "LHC1";
 /// QR texts longer than this are refused before any parsing.
 pub const MAX_QR_LEN: usize = 2048;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Colour {
-    Unknown,
-    Green,
-    Yellow,
-    Red,
-}
-
-impl Colour {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Colour::Unknown => "UNKNOWN",
-            Colour::Green => "GREEN",
-            Colour::Yellow => "YELLOW",
-            Colour::Red => "RED",
-        }
-    }
-    pub fn parse(s: &str) -> Colour {
-        match s {
-            "GREEN" => Colour::Green,
-            "YELLOW" => Colour::Yellow,
-            "RED" => Colour::Red,
-            _ => Colour::Unknown,
-        }
-    }
-}
-
-/// A health status with its validity window and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthRecord {
-    pub colour: Colour,
-    pub issued_at_ms: i64,
-    pub expires_at_ms: i64,
-    pub source: String,
-}
-
-impl HealthRecord {
-    pub fn is_valid_at(&self, now_ms: i64) -> bool {
-        self.colour != Colour::Unknown && self.issued_at_ms <= now_ms + 60_000 && now_ms < self.expires_at_ms
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

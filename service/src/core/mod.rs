@@ -1,0 +1,247 @@
+//! The check-in core, between the gRPC layer and the backends. Knows nothing of protobuf. One file
+//! per use case: [`reservations`] (reservations, health codes, erasure), [`enrolment`],
+//! [`checkin`] (unary and streamed, with the escalation [`ladder`] and the [`policy`]), [`reviews`]
+//! (the front desk's queue, overrides, the audit check). [`matcher`] owns the galleries and asks the
+//! store; the face pipeline is reached through the [`Analyser`] trait, the store through
+//! [`crate::store::Store`].
+
+mod analyser;
+pub mod cascade;
+mod caller;
+pub mod checkin;
+mod enrolment;
+pub mod healthcode;
+pub mod ladder;
+mod matcher;
+pub mod policy;
+mod reservations;
+mod reviews;
+
+pub use analyser::{Analyser, Enrolment};
+pub use caller::Caller;
+pub use checkin::{CheckIn, CheckInStream, Evaluated, StreamAnswer};
+pub use enrolment::{Consent, PhotoOutcome, Rejection};
+pub use reviews::ReviewFeed;
+
+use crate::config::Settings;
+use crate::domain::TemplateKind;
+use crate::gallery::GalleryError;
+use crate::store::{DecisionRow, SqliteStore, Store, StoreError};
+use crate::vision::{VisionConfig, VisionError};
+use chrono::{Local, NaiveDate};
+use ed25519_dalek::VerifyingKey;
+use matcher::Matcher;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch, Semaphore};
+
+/// Errors of the core; the API layer maps each to a gRPC status in one place (`api::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("store")]
+    Store(#[source] StoreError),
+    #[error("face pipeline")]
+    Vision(#[source] VisionError),
+    #[error("gallery")]
+    Gallery(#[source] GalleryError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<VisionError> for AppError {
+    fn from(e: VisionError) -> Self {
+        if e.is_bad_input() {
+            AppError::InvalidArgument(e.to_string())
+        } else {
+            AppError::Vision(e)
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => AppError::NotFound(format!("{what} not found")),
+            StoreError::Conflict(why) => AppError::FailedPrecondition(why),
+            e => AppError::Store(e),
+        }
+    }
+}
+
+impl From<GalleryError> for AppError {
+    fn from(e: GalleryError) -> Self {
+        AppError::Gallery(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, AppError>;
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn today() -> NaiveDate {
+    Local::now().date_naive()
+}
+
+/// The embedder's identity, stored with every template. Templates of another embedder are not
+/// comparable and are not searched.
+pub fn model_id() -> String {
+    model_id_of("embedder")
+}
+
+/// A model's identity (file name and sha256 prefix) by its manifest id.
+pub fn model_id_of(id: &str) -> String {
+    let m = lobby_models::Manifest::embedded();
+    match m.get(id) {
+        Some(s) => format!(
+            "{}@{}",
+            s.file.trim_end_matches(".onnx"),
+            s.sha256.get(..12).unwrap_or(&s.sha256)
+        ),
+        None => format!("{id}@unknown"),
+    }
+}
+
+/// The identity of the model that makes each kind of template.
+#[derive(Debug, Clone)]
+pub struct ModelIds {
+    pub student: String,
+    pub teacher: String,
+    pub dlib: String,
+}
+
+impl ModelIds {
+    /// The models of the manifest; a second-stage template made with flip averaging is another
+    /// model's (`+flip`), since it is not comparable with one made without.
+    pub fn new(cascade: &crate::config::Cascade) -> ModelIds {
+        let flip = |id: &str, f: bool| format!("{}{}", model_id_of(id), if f { "+flip" } else { "" });
+        ModelIds {
+            student: model_id(),
+            teacher: flip("teacher", cascade.flip[0]),
+            dlib: flip("dlib", cascade.flip[1]),
+        }
+    }
+
+    pub fn of(&self, kind: TemplateKind) -> &str {
+        match kind {
+            TemplateKind::Clean | TemplateKind::Masked => &self.student,
+            TemplateKind::Teacher => &self.teacher,
+            TemplateKind::Dlib => &self.dlib,
+        }
+    }
+}
+
+pub(crate) fn new_decision_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut b);
+    format!("d_{}", hex::encode(b))
+}
+
+pub struct App {
+    settings: Settings,
+    analyser: Arc<dyn Analyser>,
+    store: Arc<dyn Store>,
+    matcher: Matcher,
+    issuers: Vec<VerifyingKey>,
+    reviews: broadcast::Sender<DecisionRow>,
+    analyses: Arc<Semaphore>,
+    models: ModelIds,
+    /// Flips to true when the server shuts down, so long-lived streams end and let it finish.
+    shutdown: watch::Sender<bool>,
+}
+
+impl App {
+    /// Opens the SQLite store in the data directory and builds every property's gallery from the
+    /// stored templates.
+    pub async fn start(settings: Settings, analyser: Arc<dyn Analyser>) -> anyhow::Result<App> {
+        let store = Arc::new(SqliteStore::open(&settings.data_dir.join("lobby.sqlite3"))?);
+        App::with_store(settings, analyser, store).await
+    }
+
+    pub async fn with_store(
+        settings: Settings,
+        analyser: Arc<dyn Analyser>,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<App> {
+        let models = ModelIds::new(&settings.cascade);
+        let matcher = Matcher::build(store.clone(), &settings, models.clone()).await?;
+        let issuers = settings
+            .health
+            .issuer_public_keys
+            .iter()
+            .map(|k| healthcode::parse_public_key(k).map_err(|e| anyhow::anyhow!("health issuer key: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (reviews, _) = broadcast::channel(256);
+        let analyses = Arc::new(Semaphore::new(settings.limits.max_concurrent_analyses));
+        let (shutdown, _) = watch::channel(false);
+        Ok(App {
+            settings,
+            analyser,
+            store,
+            matcher,
+            issuers,
+            reviews,
+            analyses,
+            models,
+            shutdown,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The face pipeline's settings the service's settings call for.
+    pub fn vision_config(settings: &Settings) -> VisionConfig {
+        let mut v = VisionConfig::default();
+        v.decode.max_pixels = settings.limits.max_pixels;
+        v.decode.max_bytes = settings.limits.max_message_bytes;
+        v.liveness_max_face_px = settings.policy.liveness_max_face_px;
+        v
+    }
+
+    /// Ends every long-lived stream (the server is shutting down).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Runs `work` with the face pipeline on the blocking pool, within the bound on analyses at
+    /// once (a request waits `limits.queue_wait_ms` for a place, then gets `Busy`).
+    async fn with_analyser<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Analyser) -> std::result::Result<T, VisionError> + Send + 'static,
+    ) -> Result<T> {
+        let wait = Duration::from_millis(self.settings.limits.queue_wait_ms);
+        let permit = tokio::time::timeout(wait, self.analyses.clone().acquire_owned())
+            .await
+            .map_err(|_| AppError::Busy("too many photos in progress; try again shortly".into()))?
+            .map_err(|_| AppError::Internal("analysis pool closed".into()))?;
+        let analyser = self.analyser.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work(analyser.as_ref())
+        })
+        .await
+        .map_err(|_| AppError::Internal("analysis task failed".into()))?;
+        Ok(r?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

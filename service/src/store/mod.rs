@@ -1,0 +1,200 @@
+//! Durable state behind an async trait: reservations, guests, consent, templates, health status,
+//! decisions, overrides and the audit trail. Every mutation appends its audit entry in the same
+//! transaction. The default implementation is one SQLite file ([`SqliteStore`]: WAL,
+//! `synchronous=FULL` so an acknowledged write survives a crash, `secure_delete` so erased templates
+//! are overwritten), its calls run on the blocking pool, never on the async runtime's threads.
+//!
+//! The boundary is typed: outcomes, reasons, colours, steps, template kinds and override actions
+//! are the [`crate::domain`] enums; a row that does not parse is a [`StoreError::Corrupt`] naming
+//! the table and the key, never a silent default.
+
+pub mod audit;
+mod rows;
+mod sqlite;
+
+pub use audit::Verification;
+pub use sqlite::SqliteStore;
+
+use crate::domain::{Colour, HealthRecord, OverrideAction, Outcome, Reason, ResStatus, Step, TemplateKind};
+use chrono::NaiveDate;
+use std::collections::HashSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("corrupt row in table {table} ({key}): {what}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        what: String,
+    },
+    #[error("the store's schema is version {found}, newer than this server's {supported}; refusing to open")]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("storage failure")]
+    Db(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("storage task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("cannot create {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(Box::new(e))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct ReservationInput {
+    pub property_id: String,
+    pub code: String,
+    pub full_name: String,
+    pub guest_ref: String,
+    pub arrival: NaiveDate,
+    pub departure: NaiveDate,
+    pub status: ResStatus,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReservationView {
+    pub property_id: String,
+    pub code: String,
+    pub guest_id: String,
+    pub full_name: String,
+    pub guest_ref: String,
+    pub arrival: NaiveDate,
+    pub departure: NaiveDate,
+    pub status: ResStatus,
+    pub checked_in_at_ms: i64,
+    pub consent: bool,
+    pub health: HealthRecord,
+    pub templates: u32,
+    pub erased: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsentRecord {
+    pub method: String,
+    pub text_version: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTemplate {
+    pub kind: TemplateKind,
+    /// The model that made it (file name and sha256 prefix).
+    pub model_id: String,
+    pub vector: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredTemplate {
+    pub id: i64,
+    pub guest_id: String,
+    pub property_id: String,
+    pub model_id: String,
+    pub kind: TemplateKind,
+    pub vector: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverrideRow {
+    pub action: OverrideAction,
+    pub staff_id: String,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRow {
+    pub id: String,
+    pub property_id: String,
+    pub kiosk_id: String,
+    pub created_at_ms: i64,
+    pub outcome: Outcome,
+    pub reasons: Vec<Reason>,
+    pub reservation_code: String,
+    pub guest_id: Option<String>,
+    pub match_score: f32,
+    pub match_threshold: f32,
+    pub live: bool,
+    pub liveness_score: f32,
+    pub masked: bool,
+    pub health_colour: Colour,
+    pub guest_message: String,
+    pub final_outcome: Outcome,
+    pub override_: Option<OverrideRow>,
+    /// The escalation ladder's steps asked in the stream, in order.
+    pub steps: Vec<Step>,
+    /// Frames the kiosk sent for this decision, and good frames fused into it.
+    pub frames: u32,
+    pub fused_frames: u32,
+    /// The cascade's fused score and threshold, when its second stage was consulted.
+    pub cascade: Option<(f32, f32)>,
+}
+
+#[tonic::async_trait]
+pub trait Store: Send + Sync {
+    async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<ReservationView>;
+    async fn get_reservation(&self, property: &str, code: &str) -> Result<Option<ReservationView>>;
+    async fn reservation_of_guest(&self, guest_id: &str) -> Result<Option<ReservationView>>;
+    /// The guests of `property` expected around `today`: not erased, BOOKED or CHECKED_IN, with
+    /// `arrival - slack_days <= today < departure + slack_days` (the 1:N search's candidates).
+    async fn expected_guests(&self, property: &str, today: NaiveDate, slack_days: i64) -> Result<HashSet<String>>;
+    /// Records consent and stores templates; returns the guest and the template ids.
+    async fn enrol(
+        &self,
+        property: &str,
+        code: &str,
+        consent: &ConsentRecord,
+        templates: &[NewTemplate],
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(String, Vec<i64>)>;
+    async fn set_health(
+        &self,
+        property: &str,
+        code: &str,
+        h: &HealthRecord,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<ReservationView>;
+    /// Deletes the guest's templates and clears personal fields; returns the guest and deleted ids.
+    async fn erase_guest(
+        &self,
+        property: &str,
+        code: &str,
+        reason: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(String, Vec<i64>)>;
+    /// Every stored template (to build the indexes at start).
+    async fn all_templates(&self) -> Result<Vec<StoredTemplate>>;
+    async fn guest_templates(&self, guest_id: &str) -> Result<Vec<StoredTemplate>>;
+    /// Records a decision; when `check_in` is set, also marks that reservation checked in.
+    async fn record_decision(&self, d: &DecisionRow, check_in: bool, now_ms: i64) -> Result<()>;
+    async fn get_decision(&self, id: &str) -> Result<Option<DecisionRow>>;
+    /// REVIEW decisions not yet overridden, oldest first.
+    async fn pending_reviews(&self, property: Option<&str>) -> Result<Vec<DecisionRow>>;
+    async fn override_decision(
+        &self,
+        id: &str,
+        ov: &OverrideRow,
+        final_outcome: Outcome,
+        check_in: bool,
+    ) -> Result<DecisionRow>;
+    async fn verify_audit(&self) -> Result<Verification>;
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,308 @@
+//! The SQLite store's schema and the typed reading of its rows: every text column that holds an
+//! enum, a date or JSON is parsed, and a value that does not parse is [`StoreError::Corrupt`].
+
+use super::audit::{self, AuditEntry, AuditEvent};
+use super::{DecisionRow, OverrideRow, ReservationView, Result, StoreError, StoredTemplate};
+use crate::domain::{Colour, HealthRecord, OverrideAction, Outcome, Reason, ResStatus, Step, TemplateKind};
+use chrono::NaiveDate;
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+pub(super) const SCHEMA_V1: &str = r#"
+CREATE TABLE guests (
+    guest_id TEXT PRIMARY KEY,
+    full_name TEXT NOT NULL,
+    guest_ref TEXT NOT NULL,
+    erased_at_ms INTEGER,
+    consent_method TEXT,
+    consent_text_version TEXT,
+    consent_at_ms INTEGER,
+    health_colour TEXT NOT NULL DEFAULT 'UNKNOWN',
+    health_issued_at_ms INTEGER NOT NULL DEFAULT 0,
+    health_expires_at_ms INTEGER NOT NULL DEFAULT 0,
+    health_source TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE reservations (
+    property_id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    guest_id TEXT NOT NULL UNIQUE REFERENCES guests(guest_id),
+    arrival TEXT NOT NULL,
+    departure TEXT NOT NULL,
+    status TEXT NOT NULL,
+    checked_in_at_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (property_id, code)
+);
+CREATE TABLE templates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    guest_id TEXT NOT NULL REFERENCES guests(guest_id),
+    property_id TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX templates_by_guest ON templates(guest_id);
+CREATE TABLE decisions (
+    id TEXT PRIMARY KEY,
+    property_id TEXT NOT NULL,
+    kiosk_id TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    reasons TEXT NOT NULL,
+    reservation_code TEXT NOT NULL,
+    guest_id TEXT,
+    match_score REAL NOT NULL,
+    match_threshold REAL NOT NULL,
+    live INTEGER NOT NULL,
+    liveness_score REAL NOT NULL,
+    masked INTEGER NOT NULL,
+    health_colour TEXT NOT NULL,
+    guest_message TEXT NOT NULL,
+    final_outcome TEXT NOT NULL
+);
+CREATE INDEX decisions_pending ON decisions(final_outcome, created_at_ms);
+CREATE TABLE overrides (
+    decision_id TEXT PRIMARY KEY REFERENCES decisions(id),
+    action TEXT NOT NULL,
+    staff_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+"#;
+
+/// Version 2: what the escalation ladder and the cascade did, kept with each decision.
+pub(super) const SCHEMA_V2: &str = r#"
+ALTER TABLE decisions ADD COLUMN steps TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE decisions ADD COLUMN frames INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE decisions ADD COLUMN fused_frames INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE decisions ADD COLUMN cascade_score REAL;
+ALTER TABLE decisions ADD COLUMN cascade_threshold REAL;
+"#;
+
+pub(super) fn vec_to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn corrupt(table: &'static str, key: &str, what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        what: what.into(),
+    }
+}
+
+/// Parses a column value, or names the row it came from.
+fn parsed<T>(v: Option<T>, table: &'static str, key: &str, column: &str, raw: &str) -> Result<T> {
+    v.ok_or_else(|| corrupt(table, key, format!("{column} = {raw:?}")))
+}
+
+fn date(s: &str, table: &'static str, key: &str, column: &str) -> Result<NaiveDate> {
+    parsed(NaiveDate::parse_from_str(s, "%Y-%m-%d").ok(), table, key, column, s)
+}
+
+/// The names in a JSON array column, each parsed by `f`.
+fn names<T>(json: &str, f: fn(&str) -> Option<T>, table: &'static str, key: &str, column: &str) -> Result<Vec<T>> {
+    let list: Vec<String> = serde_json::from_str(json).map_err(|_| corrupt(table, key, format!("{column} = {json:?}")))?;
+    list.iter()
+        .map(|s| parsed(f(s), table, key, column, s))
+        .collect()
+}
+
+pub(super) fn append_audit(tx: &Transaction, ev: &AuditEvent, now_ms: i64) -> Result<()> {
+    let last: Option<(i64, String)> = tx
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, audit::GENESIS.to_string()));
+    let e = AuditEntry::new(seq, now_ms, ev, &prev);
+    tx.execute(
+        "INSERT INTO audit (seq, at_ms, kind, actor, subject, details, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![e.seq, e.at_ms, e.kind, e.actor, e.subject, e.details, e.prev_hash, e.hash],
+    )?;
+    Ok(())
+}
+
+pub(super) const RES_SELECT: &str =
+    "SELECT r.property_id, r.code, r.guest_id, g.full_name, g.guest_ref, r.arrival, r.departure, r.status,
+    r.checked_in_at_ms, g.consent_at_ms IS NOT NULL, g.health_colour, g.health_issued_at_ms, g.health_expires_at_ms,
+    g.health_source, (SELECT COUNT(*) FROM templates t WHERE t.guest_id = r.guest_id), g.erased_at_ms IS NOT NULL
+    FROM reservations r JOIN guests g ON g.guest_id = r.guest_id";
+
+/// A reservation row as read, before its text columns are parsed.
+pub(super) struct RawReservation {
+    v: ReservationView,
+    arrival: String,
+    departure: String,
+    status: String,
+    colour: String,
+}
+
+pub(super) fn res_row(r: &Row) -> rusqlite::Result<RawReservation> {
+    Ok(RawReservation {
+        v: ReservationView {
+            property_id: r.get(0)?,
+            code: r.get(1)?,
+            guest_id: r.get(2)?,
+            full_name: r.get(3)?,
+            guest_ref: r.get(4)?,
+            arrival: NaiveDate::MIN,
+            departure: NaiveDate::MIN,
+            status: ResStatus::Booked,
+            checked_in_at_ms: r.get(8)?,
+            consent: r.get(9)?,
+            health: HealthRecord {
+                colour: Colour::Unknown,
+                issued_at_ms: r.get(11)?,
+                expires_at_ms: r.get(12)?,
+                source: r.get(13)?,
+            },
+            templates: r.get::<_, i64>(14)? as u32,
+            erased: r.get(15)?,
+        },
+        arrival: r.get(5)?,
+        departure: r.get(6)?,
+        status: r.get(7)?,
+        colour: r.get(10)?,
+    })
+}
+
+impl RawReservation {
+    pub(super) fn parse(self) -> Result<ReservationView> {
+        const T: &str = "reservations";
+        let key = format!("{}/{}", self.v.property_id, self.v.code);
+        let mut v = self.v;
+        v.arrival = date(&self.arrival, T, &key, "arrival")?;
+        v.departure = date(&self.departure, T, &key, "departure")?;
+        v.status = parsed(ResStatus::parse(&self.status), T, &key, "status", &self.status)?;
+        v.health.colour = parsed(Colour::parse(&self.colour), "guests", &v.guest_id, "health_colour", &self.colour)?;
+        Ok(v)
+    }
+}
+
+pub(super) const TPL_SELECT: &str = "SELECT id, guest_id, property_id, model_id, kind, vector FROM templates";
+
+pub(super) fn tpl_row(r: &Row) -> rusqlite::Result<(StoredTemplate, String, Vec<u8>)> {
+    Ok((
+        StoredTemplate {
+            id: r.get(0)?,
+            guest_id: r.get(1)?,
+            property_id: r.get(2)?,
+            model_id: r.get(3)?,
+            kind: TemplateKind::Clean,
+            vector: Vec::new(),
+        },
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+pub(super) fn parse_template((mut t, kind, blob): (StoredTemplate, String, Vec<u8>)) -> Result<StoredTemplate> {
+    let key = t.id.to_string();
+    t.kind = parsed(TemplateKind::parse(&kind), "templates", &key, "kind", &kind)?;
+    if blob.len() % 4 != 0 {
+        return Err(corrupt("templates", &key, format!("vector of {} bytes", blob.len())));
+    }
+    t.vector = blob
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(t)
+}
+
+pub(super) const DEC_SELECT: &str =
+    "SELECT d.id, d.property_id, d.kiosk_id, d.created_at_ms, d.outcome, d.reasons, d.reservation_code,
+    d.guest_id, d.match_score, d.match_threshold, d.live, d.liveness_score, d.masked, d.health_colour, d.guest_message,
+    d.final_outcome, o.action, o.staff_id, o.reason, o.at_ms, d.steps, d.frames, d.fused_frames, d.cascade_score,
+    d.cascade_threshold
+    FROM decisions d LEFT JOIN overrides o ON o.decision_id = d.id";
+
+/// A decision row as read, before its text columns are parsed.
+pub(super) struct RawDecision {
+    d: DecisionRow,
+    outcome: String,
+    reasons: String,
+    colour: String,
+    final_outcome: String,
+    action: Option<String>,
+    steps: String,
+}
+
+pub(super) fn dec_row(r: &Row) -> rusqlite::Result<RawDecision> {
+    let action: Option<String> = r.get(16)?;
+    Ok(RawDecision {
+        d: DecisionRow {
+            id: r.get(0)?,
+            property_id: r.get(1)?,
+            kiosk_id: r.get(2)?,
+            created_at_ms: r.get(3)?,
+            outcome: Outcome::Retry,
+            reasons: Vec::new(),
+            reservation_code: r.get(6)?,
+            guest_id: r.get(7)?,
+            match_score: r.get::<_, f64>(8)? as f32,
+            match_threshold: r.get::<_, f64>(9)? as f32,
+            live: r.get(10)?,
+            liveness_score: r.get::<_, f64>(11)? as f32,
+            masked: r.get(12)?,
+            health_colour: Colour::Unknown,
+            guest_message: r.get(14)?,
+            final_outcome: Outcome::Retry,
+            override_: match action {
+                Some(_) => Some(OverrideRow {
+                    action: OverrideAction::Deny,
+                    staff_id: r.get(17)?,
+                    reason: r.get(18)?,
+                    at_ms: r.get(19)?,
+                }),
+                None => None,
+            },
+            steps: Vec::new(),
+            frames: r.get::<_, i64>(21)? as u32,
+            fused_frames: r.get::<_, i64>(22)? as u32,
+            cascade: match (r.get::<_, Option<f64>>(23)?, r.get::<_, Option<f64>>(24)?) {
+                (Some(s), Some(t)) => Some((s as f32, t as f32)),
+                _ => None,
+            },
+        },
+        outcome: r.get(4)?,
+        reasons: r.get(5)?,
+        colour: r.get(13)?,
+        final_outcome: r.get(15)?,
+        action,
+        steps: r.get(20)?,
+    })
+}
+
+impl RawDecision {
+    pub(super) fn parse(self) -> Result<DecisionRow> {
+        const T: &str = "decisions";
+        let mut d = self.d;
+        let key = d.id.clone();
+        d.outcome = parsed(Outcome::parse(&self.outcome), T, &key, "outcome", &self.outcome)?;
+        d.final_outcome = parsed(Outcome::parse(&self.final_outcome), T, &key, "final_outcome", &self.final_outcome)?;
+        d.health_colour = parsed(Colour::parse(&self.colour), T, &key, "health_colour", &self.colour)?;
+        d.reasons = names(&self.reasons, Reason::parse, T, &key, "reasons")?;
+        d.steps = names(&self.steps, Step::parse, T, &key, "steps")?;
+        if let (Some(o), Some(a)) = (d.override_.as_mut(), self.action.as_deref()) {
+            o.action = parsed(OverrideAction::parse(a), "overrides", &key, "action", a)?;
+        }
+        Ok(d)
+    }
+}
+
+/// The names of enum values, as a JSON array (for a text column).
+pub(super) fn names_json<T: Copy>(v: &[T], name: fn(T) -> &'static str) -> String {
+    serde_json::Value::from(v.iter().map(|x| name(*x)).collect::<Vec<_>>()).to_string()
+}

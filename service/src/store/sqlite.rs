@@ -1,0 +1,488 @@
+//! The SQLite store: one file, WAL, `synchronous=FULL`, `secure_delete`, schema versions applied at
+//! open. Each call runs on the blocking pool (`spawn_blocking`) with the one connection.
+
+use super::audit::{self, AuditEntry, AuditEvent, Verification};
+use super::rows::{
+    append_audit, dec_row, names_json, parse_template, res_row, tpl_row, vec_to_blob, DEC_SELECT, RES_SELECT,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_VERSION, TPL_SELECT,
+};
+use super::{
+    ConsentRecord, DecisionRow, NewTemplate, OverrideRow, ReservationInput, ReservationView, Result, Store,
+    StoreError, StoredTemplate,
+};
+use crate::domain::{HealthRecord, Outcome, ResStatus};
+use chrono::NaiveDate;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn new_guest_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut b);
+    format!("g_{}", hex::encode(b))
+}
+
+fn res_by_code(c: &Connection, property: &str, code: &str) -> Result<Option<ReservationView>> {
+    c.query_row(
+        &format!("{RES_SELECT} WHERE r.property_id = ?1 AND r.code = ?2"),
+        params![property, code],
+        res_row,
+    )
+    .optional()?
+    .map(|r| r.parse())
+    .transpose()
+}
+
+fn res_required(c: &Connection, property: &str, code: &str) -> Result<ReservationView> {
+    res_by_code(c, property, code)?.ok_or_else(|| StoreError::NotFound(format!("reservation {property}/{code}")))
+}
+
+fn decision(c: &Connection, id: &str) -> Result<Option<DecisionRow>> {
+    c.query_row(&format!("{DEC_SELECT} WHERE d.id = ?1"), params![id], dec_row)
+        .optional()?
+        .map(|r| r.parse())
+        .transpose()
+}
+
+impl SqliteStore {
+    /// Opens (creating on first start) the store file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;
+             PRAGMA busy_timeout = 5000;",
+        )?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version < 1 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))?;
+        }
+        if version < 2 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"))?;
+        }
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(StoreError::Task)?
+    }
+
+    /// The same, on the calling thread (tests and tools outside a runtime).
+    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut c)
+    }
+}
+
+#[tonic::async_trait]
+impl Store for SqliteStore {
+    async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<ReservationView> {
+        let (r, actor) = (r.clone(), actor.to_string());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let existing = res_by_code(&tx, &r.property_id, &r.code)?;
+            let guest_id = match &existing {
+                Some(e) if e.erased => {
+                    return Err(StoreError::Conflict(format!("the guest of reservation {} was erased", r.code)))
+                }
+                Some(e) => {
+                    tx.execute(
+                        "UPDATE guests SET full_name = ?2, guest_ref = ?3 WHERE guest_id = ?1",
+                        params![e.guest_id, r.full_name, r.guest_ref],
+                    )?;
+                    tx.execute(
+                        "UPDATE reservations SET arrival = ?3, departure = ?4, status = ?5 WHERE property_id = ?1 AND code = ?2",
+                        params![r.property_id, r.code, r.arrival.to_string(), r.departure.to_string(), r.status.as_str()],
+                    )?;
+                    e.guest_id.clone()
+                }
+                None => {
+                    let gid = new_guest_id();
+                    tx.execute(
+                        "INSERT INTO guests (guest_id, full_name, guest_ref) VALUES (?1, ?2, ?3)",
+                        params![gid, r.full_name, r.guest_ref],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO reservations (property_id, code, guest_id, arrival, departure, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![r.property_id, r.code, gid, r.arrival.to_string(), r.departure.to_string(), r.status.as_str()],
+                    )?;
+                    gid
+                }
+            };
+            let ev = AuditEvent {
+                kind: "reservation_upserted",
+                actor,
+                subject: format!("{}/{}", r.property_id, r.code),
+                details: json!({"guest_id": guest_id, "arrival": r.arrival.to_string(), "departure": r.departure.to_string(),
+                                "status": r.status.as_str(), "created": existing.is_none()}),
+            };
+            append_audit(&tx, &ev, now_ms)?;
+            let view = res_required(&tx, &r.property_id, &r.code)?;
+            tx.commit()?;
+            Ok(view)
+        })
+        .await
+    }
+
+    async fn get_reservation(&self, property: &str, code: &str) -> Result<Option<ReservationView>> {
+        let (property, code) = (property.to_string(), code.to_string());
+        self.run(move |c| res_by_code(c, &property, &code)).await
+    }
+
+    async fn reservation_of_guest(&self, guest_id: &str) -> Result<Option<ReservationView>> {
+        let guest_id = guest_id.to_string();
+        self.run(move |c| {
+            c.query_row(&format!("{RES_SELECT} WHERE r.guest_id = ?1"), params![guest_id], res_row)
+                .optional()?
+                .map(|r| r.parse())
+                .transpose()
+        })
+        .await
+    }
+
+    async fn expected_guests(&self, property: &str, today: NaiveDate, slack_days: i64) -> Result<HashSet<String>> {
+        let property = property.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(
+                "SELECT r.guest_id FROM reservations r JOIN guests g ON g.guest_id = r.guest_id
+                 WHERE r.property_id = ?1 AND g.erased_at_ms IS NULL AND r.status IN (?2, ?3)
+                 AND date(r.arrival, printf('-%d days', ?4)) <= ?5 AND ?5 < date(r.departure, printf('+%d days', ?4))",
+            )?;
+            let rows = st.query_map(
+                params![
+                    property,
+                    ResStatus::Booked.as_str(),
+                    ResStatus::CheckedIn.as_str(),
+                    slack_days,
+                    today.to_string()
+                ],
+                |r| r.get(0),
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn enrol(
+        &self,
+        property: &str,
+        code: &str,
+        consent: &ConsentRecord,
+        templates: &[NewTemplate],
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(String, Vec<i64>)> {
+        let (property, code, consent, templates, actor) = (
+            property.to_string(),
+            code.to_string(),
+            consent.clone(),
+            templates.to_vec(),
+            actor.to_string(),
+        );
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let res = res_required(&tx, &property, &code)?;
+            if res.erased {
+                return Err(StoreError::Conflict("the guest was erased; upsert a new reservation".into()));
+            }
+            tx.execute(
+                "UPDATE guests SET consent_method = ?2, consent_text_version = ?3, consent_at_ms = ?4 WHERE guest_id = ?1",
+                params![res.guest_id, consent.method, consent.text_version, consent.at_ms],
+            )?;
+            let mut model_ids: Vec<&str> = templates.iter().map(|t| t.model_id.as_str()).collect();
+            model_ids.sort_unstable();
+            model_ids.dedup();
+            let mut ids = Vec::new();
+            for t in &templates {
+                tx.execute(
+                    "INSERT INTO templates (guest_id, property_id, model_id, kind, vector, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![res.guest_id, property, t.model_id, t.kind.as_str(), vec_to_blob(&t.vector), now_ms],
+                )?;
+                ids.push(tx.last_insert_rowid());
+            }
+            let ev = AuditEvent {
+                kind: "face_enrolled",
+                actor,
+                subject: format!("{property}/{code}"),
+                details: json!({"guest_id": res.guest_id, "templates_added": ids.len(), "model_ids": model_ids,
+                                "consent_method": consent.method, "consent_text_version": consent.text_version,
+                                "consent_at_ms": consent.at_ms}),
+            };
+            append_audit(&tx, &ev, now_ms)?;
+            tx.commit()?;
+            Ok((res.guest_id, ids))
+        })
+        .await
+    }
+
+    async fn set_health(
+        &self,
+        property: &str,
+        code: &str,
+        h: &HealthRecord,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<ReservationView> {
+        let (property, code, h, actor) = (property.to_string(), code.to_string(), h.clone(), actor.to_string());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let res = res_required(&tx, &property, &code)?;
+            if res.erased {
+                return Err(StoreError::Conflict("the guest was erased".into()));
+            }
+            tx.execute(
+                "UPDATE guests SET health_colour = ?2, health_issued_at_ms = ?3, health_expires_at_ms = ?4, health_source = ?5
+                 WHERE guest_id = ?1",
+                params![res.guest_id, h.colour.as_str(), h.issued_at_ms, h.expires_at_ms, h.source],
+            )?;
+            let ev = AuditEvent {
+                kind: "health_updated",
+                actor,
+                subject: format!("{property}/{code}"),
+                details: json!({"guest_id": res.guest_id, "colour": h.colour.as_str(), "issued_at_ms": h.issued_at_ms,
+                                "expires_at_ms": h.expires_at_ms, "source": h.source}),
+            };
+            append_audit(&tx, &ev, now_ms)?;
+            let view = res_required(&tx, &property, &code)?;
+            tx.commit()?;
+            Ok(view)
+        })
+        .await
+    }
+
+    async fn erase_guest(
+        &self,
+        property: &str,
+        code: &str,
+        reason: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(String, Vec<i64>)> {
+        let (property, code, reason, actor) = (property.to_string(), code.to_string(), reason.to_string(), actor.to_string());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let res = res_required(&tx, &property, &code)?;
+            let ids: Vec<i64> = {
+                let mut st = tx.prepare("SELECT id FROM templates WHERE guest_id = ?1")?;
+                let rows = st.query_map(params![res.guest_id], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            tx.execute("DELETE FROM templates WHERE guest_id = ?1", params![res.guest_id])?;
+            tx.execute(
+                "UPDATE guests SET full_name = '', guest_ref = '', erased_at_ms = ?2, consent_method = NULL,
+                 consent_text_version = NULL, consent_at_ms = NULL, health_colour = 'UNKNOWN', health_issued_at_ms = 0,
+                 health_expires_at_ms = 0, health_source = '' WHERE guest_id = ?1",
+                params![res.guest_id, now_ms],
+            )?;
+            let ev = AuditEvent {
+                kind: "guest_erased",
+                actor,
+                subject: format!("{property}/{code}"),
+                details: json!({"guest_id": res.guest_id, "templates_deleted": ids.len(), "reason": reason}),
+            };
+            append_audit(&tx, &ev, now_ms)?;
+            tx.commit()?;
+            // Move the committed pages out of the WAL into the (secure-deleted) main file, so no copy
+            // of the erased templates stays in the WAL.
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok((res.guest_id, ids))
+        })
+        .await
+    }
+
+    async fn all_templates(&self) -> Result<Vec<StoredTemplate>> {
+        self.run(|c| {
+            let mut st = c.prepare(&format!("{TPL_SELECT} ORDER BY id"))?;
+            let rows = st.query_map([], tpl_row)?;
+            rows.map(|r| parse_template(r?)).collect()
+        })
+        .await
+    }
+
+    async fn guest_templates(&self, guest_id: &str) -> Result<Vec<StoredTemplate>> {
+        let guest_id = guest_id.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(&format!("{TPL_SELECT} WHERE guest_id = ?1 ORDER BY id"))?;
+            let rows = st.query_map(params![guest_id], tpl_row)?;
+            rows.map(|r| parse_template(r?)).collect()
+        })
+        .await
+    }
+
+    async fn record_decision(&self, d: &DecisionRow, check_in: bool, now_ms: i64) -> Result<()> {
+        let d = d.clone();
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let reasons = names_json(&d.reasons, |r| r.as_str());
+            let steps = names_json(&d.steps, |s| s.as_str());
+            tx.execute(
+                "INSERT INTO decisions (id, property_id, kiosk_id, created_at_ms, outcome, reasons, reservation_code, guest_id,
+                 match_score, match_threshold, live, liveness_score, masked, health_colour, guest_message, final_outcome,
+                 steps, frames, fused_frames, cascade_score, cascade_threshold)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                params![
+                    d.id,
+                    d.property_id,
+                    d.kiosk_id,
+                    d.created_at_ms,
+                    d.outcome.as_str(),
+                    reasons,
+                    d.reservation_code,
+                    d.guest_id,
+                    d.match_score as f64,
+                    d.match_threshold as f64,
+                    d.live,
+                    d.liveness_score as f64,
+                    d.masked,
+                    d.health_colour.as_str(),
+                    d.guest_message,
+                    d.final_outcome.as_str(),
+                    steps,
+                    d.frames,
+                    d.fused_frames,
+                    d.cascade.map(|c| c.0 as f64),
+                    d.cascade.map(|c| c.1 as f64)
+                ],
+            )?;
+            if check_in {
+                tx.execute(
+                    "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3 WHERE property_id = ?1 AND code = ?2",
+                    params![d.property_id, d.reservation_code, now_ms, ResStatus::CheckedIn.as_str()],
+                )?;
+            }
+            let ev = AuditEvent {
+                kind: "decision",
+                actor: d.kiosk_id.clone(),
+                subject: d.id.clone(),
+                details: json!({"property_id": d.property_id, "outcome": d.outcome.as_str(),
+                                "reasons": d.reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                                "reservation_code": d.reservation_code, "guest_id": d.guest_id,
+                                "match_score": (d.match_score * 1e4).round() / 1e4,
+                                "match_threshold": (d.match_threshold * 1e4).round() / 1e4,
+                                "live": d.live, "masked": d.masked, "health_colour": d.health_colour.as_str(),
+                                "steps": d.steps.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                                "frames": d.frames, "fused_frames": d.fused_frames,
+                                "cascade_score": d.cascade.map(|c| (c.0 * 1e4).round() / 1e4),
+                                "checked_in": check_in}),
+            };
+            append_audit(&tx, &ev, now_ms)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_decision(&self, id: &str) -> Result<Option<DecisionRow>> {
+        let id = id.to_string();
+        self.run(move |c| decision(c, &id)).await
+    }
+
+    async fn pending_reviews(&self, property: Option<&str>) -> Result<Vec<DecisionRow>> {
+        let property = property.map(str::to_string);
+        self.run(move |c| {
+            let mut st = c.prepare(&format!(
+                "{DEC_SELECT} WHERE d.final_outcome = ?2 AND o.decision_id IS NULL
+                 AND (?1 IS NULL OR d.property_id = ?1) ORDER BY d.created_at_ms, d.id"
+            ))?;
+            let rows = st.query_map(params![property, Outcome::Review.as_str()], dec_row)?;
+            rows.map(|r| r?.parse()).collect()
+        })
+        .await
+    }
+
+    async fn override_decision(
+        &self,
+        id: &str,
+        ov: &OverrideRow,
+        final_outcome: Outcome,
+        check_in: bool,
+    ) -> Result<DecisionRow> {
+        let (id, ov) = (id.to_string(), ov.clone());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let d = decision(&tx, &id)?.ok_or_else(|| StoreError::NotFound(format!("decision {id}")))?;
+            if d.override_.is_some() {
+                return Err(StoreError::Conflict(format!("decision {id} was already overridden")));
+            }
+            tx.execute(
+                "INSERT INTO overrides (decision_id, action, staff_id, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, ov.action.as_str(), ov.staff_id, ov.reason, ov.at_ms],
+            )?;
+            tx.execute(
+                "UPDATE decisions SET final_outcome = ?2 WHERE id = ?1",
+                params![id, final_outcome.as_str()],
+            )?;
+            if check_in && !d.reservation_code.is_empty() {
+                tx.execute(
+                    "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3 WHERE property_id = ?1 AND code = ?2",
+                    params![d.property_id, d.reservation_code, ov.at_ms, ResStatus::CheckedIn.as_str()],
+                )?;
+            }
+            let ev = AuditEvent {
+                kind: "override",
+                actor: ov.staff_id.clone(),
+                subject: id.clone(),
+                details: json!({"action": ov.action.as_str(), "reason": ov.reason, "from": d.final_outcome.as_str(),
+                                "to": final_outcome.as_str(), "property_id": d.property_id,
+                                "reservation_code": d.reservation_code}),
+            };
+            append_audit(&tx, &ev, ov.at_ms)?;
+            let out = decision(&tx, &id)?.ok_or_else(|| StoreError::NotFound(format!("decision {id}")))?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> Result<Verification> {
+        self.run(|c| {
+            let mut st =
+                c.prepare("SELECT seq, at_ms, kind, actor, subject, details, prev_hash, hash FROM audit ORDER BY seq")?;
+            let rows = st.query_map([], |r| {
+                Ok(AuditEntry {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    actor: r.get(3)?,
+                    subject: r.get(4)?,
+                    details: r.get(5)?,
+                    prev_hash: r.get(6)?,
+                    hash: r.get(7)?,
+                })
+            })?;
+            let entries: Vec<AuditEntry> = rows.collect::<rusqlite::Result<_>>()?;
+            Ok(audit::verify(&entries))
+        })
+        .await
+    }
+}
