@@ -39,9 +39,12 @@ pub fn second_face_near_centre(f: &CaptureFacts, ratio: f32, central: f32) -> bo
     })
 }
 
+/// A capture rule: whether it sends the photo back.
+pub type Rule<'a> = Box<dyn Fn(&CaptureFacts) -> bool + 'a>;
+
 /// The rules, each by name, as the service applies them (`policy::capture_problems`), and the
 /// alternatives measured.
-pub fn rules(p: &Policy) -> Vec<(&'static str, Box<dyn Fn(&CaptureFacts) -> bool + '_>)> {
+pub fn rules(p: &Policy) -> Vec<(&'static str, Rule<'_>)> {
     vec![
         (
             "multiple_faces (service: >= 0.6 x the guest, centre in the middle half)",

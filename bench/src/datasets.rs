@@ -101,7 +101,7 @@ impl Csv {
                 acc.push('\n');
             }
             acc.push_str(line);
-            if acc.matches('"').count() % 2 == 0 {
+            if acc.matches('"').count().is_multiple_of(2) {
                 if !acc.trim().is_empty() {
                     records.push(csv_fields(&acc));
                 }
@@ -221,8 +221,11 @@ pub fn edge_cases(dir: &Path) -> Result<Vec<EdgeCase>> {
         .collect())
 }
 
+/// Images and the identity of each.
+pub type Manifest = Vec<(PathBuf, String)>;
+
 /// `uncropped_identities`: pairs.csv (img1, img2, same) and manifest.csv (image, identity).
-pub fn uncropped(dir: &Path) -> Result<(Vec<Pair>, Vec<(PathBuf, String)>)> {
+pub fn uncropped(dir: &Path) -> Result<(Vec<Pair>, Manifest)> {
     let csv = Csv::read(&dir.join("pairs.csv"))?;
     let (c1, c2, cs) = (csv.col("img1")?, csv.col("img2")?, csv.col("same")?);
     let pairs = csv

@@ -4,9 +4,7 @@
 //! training the mask detector: printed patterns in a second colour (stripes, dots, checks, plaid,
 //! blotches, specks), any colour, uneven light and sensor grain.
 
-use lobby_service::vision::mask_render::{
-    MaskSpec, MaskStyle, Print, CLOTH_COLOURS, N95_COLOURS, SURGICAL_COLOURS,
-};
+use lobby_service::vision::mask_render::{MaskSpec, MaskStyle, Print, CLOTH_COLOURS, N95_COLOURS, SURGICAL_COLOURS};
 
 /// A small deterministic generator (SplitMix64), so masks are reproducible from a seed without
 /// depending on a random-number crate's stream.
@@ -97,7 +95,6 @@ pub fn random_varied_mask(rng: &mut SplitMix) -> MaskSpec {
     m
 }
 
-
 /// A colour from the whole space: hue uniform, saturation 0-1, value 0.12-1.
 fn random_colour(rng: &mut SplitMix) -> [u8; 3] {
     let h = rng.unit() * 6.0;
@@ -119,8 +116,8 @@ fn random_colour(rng: &mut SplitMix) -> [u8; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lobby_service::vision::embed::ARCFACE_TEMPLATE;
     use image::RgbImage;
+    use lobby_service::vision::embed::ARCFACE_TEMPLATE;
     use lobby_service::vision::geometry::{Affine, Point};
     use lobby_service::vision::mask_render::render;
 
@@ -167,9 +164,7 @@ mod tests {
     #[test]
     fn varied_specs_keep_the_shape_and_add_prints_and_light() {
         let plain: Vec<MaskSpec> = (0..200).map(|i| random_mask(&mut SplitMix::new(i))).collect();
-        let varied: Vec<MaskSpec> = (0..200)
-            .map(|i| random_varied_mask(&mut SplitMix::new(i)))
-            .collect();
+        let varied: Vec<MaskSpec> = (0..200).map(|i| random_varied_mask(&mut SplitMix::new(i))).collect();
         for (p, v) in plain.iter().zip(&varied) {
             assert_eq!((p.style, p.top_shift, p.texture), (v.style, v.top_shift, v.texture));
             assert!((0.55..=1.15).contains(&v.gain) && v.gradient.abs() <= 0.35);

@@ -23,8 +23,7 @@ pub fn time_plan(plan: &Plan, shape: &[usize], runs: usize) -> Result<Vec<f64>> 
     let mut times = Vec::with_capacity(runs);
     for k in 0..=runs {
         let t = std::time::Instant::now();
-        plan.run(tvec!(input.clone()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        plan.run(tvec!(input.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
         if k > 0 {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
@@ -69,7 +68,6 @@ pub fn profile_plan(plan: &Plan, shape: &[usize], runs: usize, per_node: bool) -
     out.sort_by(|a, b| b.2.total_cmp(&a.2));
     Ok(out)
 }
-
 
 /// Each model's inference time alone (ms per run, `runs` runs after a warm-up) at the shapes a
 /// kiosk check-in uses: (name, input shape, times). For comparing runtimes on the same model.

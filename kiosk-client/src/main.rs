@@ -1,11 +1,15 @@
 //! `lobby`: command line for kiosks, front-desk staff and reservation systems.
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use lobby_kiosk_client::ladder::{KioskGuest, ScriptedGuest};
-use lobby_kiosk_client::{connect, kiosk, outcome_name, proto as pv, reason_names, reservations, staff};
+use lobby_kiosk_client::ladder::ScriptedGuest;
+use lobby_kiosk_client::{connect, kiosk, proto as pv, reservations, staff};
 use std::path::{Path, PathBuf};
 use tokio_stream::StreamExt;
+
+mod cli;
+use cli::import::import;
+use cli::output::{print_checkin, print_decision};
+use cli::terminal::TerminalGuest;
 
 #[derive(Parser)]
 #[command(
@@ -174,71 +178,6 @@ fn read_qr(p: &Option<PathBuf>) -> Result<String> {
     })
 }
 
-fn print_checkin(r: &pv::CheckInResponse) {
-    println!(
-        "decision  {}",
-        if r.decision_id.is_empty() {
-            "(guidance only)"
-        } else {
-            &r.decision_id
-        }
-    );
-    println!("outcome   {}", outcome_name(r.outcome));
-    println!("reasons   {}", reason_names(&r.reasons).join(", "));
-    println!("message   {}", r.guest_message);
-    if !r.reservation_code.is_empty() {
-        println!("reservation {}", r.reservation_code);
-    }
-    println!("match     {:.3} (threshold {:.3})", r.match_score, r.match_threshold);
-    println!(
-        "liveness  {:.3} (threshold {:.3}, live: {})",
-        r.liveness_score, r.liveness_threshold, r.live
-    );
-    println!(
-        "mask      {} (p {:.3})",
-        if r.masked { "masked" } else { "none" },
-        r.mask_score
-    );
-    if let Some(h) = &r.health_used {
-        println!(
-            "health    {} ({})",
-            pv::HealthColour::try_from(h.colour)
-                .map(|c| c.as_str_name())
-                .unwrap_or("?"),
-            h.source
-        );
-    }
-    if let Some(t) = &r.timings {
-        println!(
-            "timings   decode {:.1} detect {:.1} quality {:.1} liveness {:.1} align {:.1} embed {:.1} search {:.1} decide {:.1} total {:.1} ms",
-            t.decode_ms, t.detect_ms, t.quality_ms, t.liveness_ms, t.align_ms, t.embed_ms, t.search_ms, t.decide_ms, t.total_ms
-        );
-    }
-}
-
-fn print_decision(d: &pv::DecisionRecord) {
-    println!(
-        "{}  {}  {} -> {}  [{}]  reservation {}  score {:.3}/{:.3}  kiosk {}{}",
-        d.decision_id,
-        d.property_id,
-        outcome_name(d.outcome),
-        outcome_name(d.final_outcome),
-        reason_names(&d.reasons).join(","),
-        if d.reservation_code.is_empty() {
-            "-"
-        } else {
-            &d.reservation_code
-        },
-        d.match_score,
-        d.match_threshold,
-        d.kiosk_id,
-        d.r#override
-            .as_ref()
-            .map(|o| format!("  overridden by {}: {}", o.staff_id, o.reason))
-            .unwrap_or_default()
-    );
-}
-
 /// The bytes of the photos named (a folder stands for its files, in name order).
 fn read_photos(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
@@ -249,54 +188,6 @@ fn read_photos(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
         }
     }
     Ok(out)
-}
-
-/// The scripted guest, asking on the terminal for what the script does not say.
-struct TerminalGuest {
-    script: ScriptedGuest,
-}
-
-fn prompt(question: &str) -> Option<String> {
-    use std::io::{IsTerminal, Write};
-    if !std::io::stdin().is_terminal() {
-        return None;
-    }
-    print!("{question} ");
-    std::io::stdout().flush().ok()?;
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).ok()?;
-    Some(line.trim().to_string()).filter(|l| !l.is_empty())
-}
-
-impl KioskGuest for TerminalGuest {
-    fn frame(&mut self) -> Option<Vec<u8>> {
-        self.script.frame()
-    }
-
-    fn reservation_code(&mut self) -> Option<String> {
-        self.script
-            .reservation_code()
-            .or_else(|| prompt("The kiosk asks for the booking code (scan or type it; empty: none, go to the desk):"))
-    }
-
-    fn lower_mask(&mut self) -> bool {
-        if self.script.lower_mask() {
-            return true;
-        }
-        match prompt("The kiosk asks the guest to lower the mask: path of a photo without it (empty: keep it on):") {
-            Some(path) => match std::fs::read(&path) {
-                Ok(bytes) => {
-                    self.script.unmasked = vec![bytes];
-                    self.script.lower_mask()
-                }
-                Err(e) => {
-                    eprintln!("cannot read {path}: {e}");
-                    false
-                }
-            },
-            None => false,
-        }
-    }
 }
 
 fn photo_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -498,117 +389,5 @@ async fn main() -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-/// `today` or `today+N` as a date; anything else as written.
-fn relative_date(s: &str) -> String {
-    let today = chrono::Local::now().date_naive();
-    match s.strip_prefix("today") {
-        Some("") => today.to_string(),
-        Some(rest) => match rest.strip_prefix('+').and_then(|n| n.parse::<u64>().ok()) {
-            Some(n) => (today + chrono::Days::new(n)).to_string(),
-            None => s.to_string(),
-        },
-        None => s.to_string(),
-    }
-}
-
-async fn import(
-    c: &mut pv::reservation_service_client::ReservationServiceClient<lobby_kiosk_client::Authed>,
-    csv: &Path,
-    consent_method: &str,
-    consent_version: &str,
-) -> Result<()> {
-    let text = std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let base = csv.parent().unwrap_or(Path::new("."));
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().context("empty CSV")?.split(',').map(str::trim).collect();
-    let col = |n: &str| {
-        header
-            .iter()
-            .position(|h| *h == n)
-            .with_context(|| format!("CSV column {n} missing"))
-    };
-    let (cp, cc, cn, cr, ca, cd, cs, cph) = (
-        col("property")?,
-        col("reservation_code")?,
-        col("full_name")?,
-        col("guest_ref")?,
-        col("arrival")?,
-        col("departure")?,
-        col("consent")?,
-        col("photos")?,
-    );
-    let rows: Vec<Vec<String>> = lines
-        .map(|l| l.split(',').map(|s| s.trim().to_string()).collect())
-        .collect();
-    let bar = ProgressBar::new(rows.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let (mut ok, mut enrolled, mut failed) = (0, 0, 0);
-    for r in rows {
-        let get = |i: usize| r.get(i).cloned().unwrap_or_default();
-        let day = |i: usize| relative_date(&get(i));
-        bar.set_message(get(cc));
-        let res = pv::Reservation {
-            property_id: get(cp),
-            reservation_code: get(cc),
-            guest: Some(pv::Guest {
-                guest_id: String::new(),
-                full_name: get(cn),
-                guest_ref: get(cr),
-            }),
-            arrival_date: day(ca),
-            departure_date: day(cd),
-            status: pv::ReservationStatus::Booked as i32,
-            ..Default::default()
-        };
-        if let Err(e) = c
-            .upsert_reservation(pv::UpsertReservationRequest { reservation: Some(res) })
-            .await
-        {
-            bar.println(format!("{}: reservation refused: {}", get(cc), e.message()));
-            failed += 1;
-            bar.inc(1);
-            continue;
-        }
-        ok += 1;
-        if get(cs).eq_ignore_ascii_case("yes") {
-            let mut photos = Vec::new();
-            for p in get(cph).split(';').filter(|p| !p.is_empty()) {
-                photos.push(std::fs::read(base.join(p)).with_context(|| format!("reading {p}"))?);
-            }
-            match c
-                .enroll_face(pv::EnrollFaceRequest {
-                    property_id: get(cp),
-                    reservation_code: get(cc),
-                    photos,
-                    consent: Some(pv::Consent {
-                        granted: true,
-                        method: consent_method.into(),
-                        text_version: consent_version.into(),
-                        recorded_at_ms: 0,
-                    }),
-                })
-                .await
-            {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    if r.templates_stored > 0 {
-                        enrolled += 1;
-                    } else {
-                        let why: Vec<String> = r.photos.iter().map(|p| p.rejection_reason.clone()).collect();
-                        bar.println(format!("{}: no photo accepted ({})", get(cc), why.join(", ")));
-                    }
-                }
-                Err(e) => bar.println(format!("{}: enrolment refused: {}", get(cc), e.message())),
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_with_message("done");
-    println!("{ok} reservations imported, {enrolled} faces enrolled, {failed} refused");
     Ok(())
 }

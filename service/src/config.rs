@@ -333,7 +333,7 @@ impl Settings {
         if !(0.0..=1.0).contains(&p.review_band) || !(0.0..=1.0).contains(&p.margin) {
             return bad("policy.review_band / policy.margin", "must be in [0, 1]");
         }
-        if !(p.liveness_max_face_px >= 0.0) {
+        if p.liveness_max_face_px.is_nan() || p.liveness_max_face_px < 0.0 {
             return bad("policy.liveness_max_face_px", "must be 0 (no limit) or a size in px");
         }
         if !(0.0..=1.0).contains(&p.liveness_threshold) {
@@ -367,11 +367,11 @@ impl Settings {
         if c.weights.iter().any(|w| !(0.0..=1.0).contains(w)) || c.weights[1] + c.weights[2] <= 0.0 {
             return bad("cascade.weights", "weights must be in [0, 1], teacher + dlib above 0");
         }
-        if c.impostor_sd.iter().any(|sd| !(*sd > 0.0)) {
+        if c.impostor_sd.iter().any(|sd| sd.is_nan() || *sd <= 0.0) {
             return bad("cascade.impostor_sd", "standard deviations must be positive");
         }
         for (key, b) in [("cascade.one_to_one", c.one_to_one), ("cascade.one_to_n", c.one_to_n)] {
-            if !(unit(b.band[0]) && unit(b.band[1]) && b.band[0] <= b.band[1]) || !b.threshold.is_finite() {
+            if !unit(b.band[0]) || !unit(b.band[1]) || b.band[0] > b.band[1] || !b.threshold.is_finite() {
                 return bad(key, "band must be two cosines, low <= high, and the threshold finite");
             }
         }

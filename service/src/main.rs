@@ -1,9 +1,9 @@
 //! `lobby-server`: the Lobby check-in service.
 use anyhow::Context;
 use clap::Parser;
-use lobby_service::core::App;
 use lobby_service::auth::{bootstrap_credentials, parse_token_file, Credentials};
 use lobby_service::config::Settings;
+use lobby_service::core::App;
 use lobby_service::server::run;
 use lobby_service::vision::Vision;
 use std::net::SocketAddr;

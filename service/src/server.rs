@@ -2,8 +2,8 @@
 //! future completes (tests bind `127.0.0.1:0`).
 
 use crate::api::{FrontDesk, Kiosk, Reservations};
-use crate::core::App;
 use crate::auth::{AuthLayer, Credentials};
+use crate::core::App;
 use lobby_proto::v1 as pv;
 use std::future::Future;
 use std::sync::Arc;

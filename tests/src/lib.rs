@@ -90,9 +90,9 @@ pub fn read(data: &Path, rel: &str) -> Vec<u8> {
 pub mod server {
     use super::*;
     use lobby_kiosk_client as client;
-    use lobby_service::core::App;
     use lobby_service::auth::{hash_token, new_token, Credentials};
     use lobby_service::config::{Role, Settings, TokenEntry};
+    use lobby_service::core::App;
     use tokio::sync::oneshot;
 
     pub const PROPERTY: &str = "hotel-test";

@@ -16,15 +16,15 @@
 use anyhow::{bail, Context, Result};
 use chrono::Days;
 use clap::Parser;
-use lobby_bench::e2e::{self, Guest};
-use lobby_bench::{metrics::percentile, record};
-use lobby_kiosk_client::ladder::{drive, LadderRun, ScriptedGuest};
+use lobby_bench::e2e::{self, summarise, Attempt, Guest};
+use lobby_bench::masks::{random_mask, SplitMix};
+use lobby_bench::record;
+use lobby_kiosk_client::ladder::{drive, ScriptedGuest};
 use lobby_kiosk_client::{connect, kiosk, proto as pv, reservations};
 use lobby_models::{default_model_dir, ensure, Source};
-use lobby_service::core::App;
 use lobby_service::auth::{hash_token, hex_digest, new_token, Credentials};
 use lobby_service::config::{Role, Settings, TokenEntry};
-use lobby_bench::masks::{random_mask, SplitMix};
+use lobby_service::core::App;
 use lobby_service::vision::mask_render;
 use lobby_service::vision::{quality, Vision};
 use serde_json::{json, Value};
@@ -60,55 +60,6 @@ struct Args {
     limit: Option<usize>,
     #[command(flatten)]
     out: record::Output,
-}
-
-/// One kiosk check-in and how it ended.
-#[derive(Debug, Clone)]
-struct Attempt {
-    group: &'static str,
-    /// Who and with which photo (for the JSON report's detail).
-    who: String,
-    /// The reservation the person may rightly be approved for (none for strangers).
-    own_code: Option<String>,
-    run: LadderRun,
-    ms: f64,
-}
-
-const CAPTURE: [pv::Reason; 8] = [
-    pv::Reason::NoFace,
-    pv::Reason::MultipleFaces,
-    pv::Reason::FaceTooSmall,
-    pv::Reason::FaceOutOfFrame,
-    pv::Reason::TooDark,
-    pv::Reason::TooBright,
-    pv::Reason::Blurred,
-    pv::Reason::HeadTurned,
-];
-
-fn reasons(a: &pv::CheckInResponse) -> Vec<pv::Reason> {
-    a.reasons.iter().filter_map(|r| pv::Reason::try_from(*r).ok()).collect()
-}
-
-impl Attempt {
-    /// The photo passed the capture checks (the first answer is not capture guidance).
-    fn usable(&self) -> bool {
-        self.run
-            .answers
-            .first()
-            .is_some_and(|a| a.outcome != pv::Outcome::Retry as i32 || !reasons(a).iter().any(|r| CAPTURE.contains(r)))
-    }
-    fn outcome(&self) -> &'static str {
-        self.run
-            .decision()
-            .map(|d| lobby_kiosk_client::outcome_name(d.outcome))
-            .unwrap_or("NONE")
-    }
-    fn approved(&self) -> bool {
-        self.outcome() == "APPROVED"
-    }
-    fn approved_right(&self) -> bool {
-        self.approved() && self.run.decision().map(|d| &d.reservation_code) == self.own_code.as_ref()
-    }
 }
 
 struct Server {
@@ -275,74 +226,6 @@ async fn attempt(
         own_code,
         run,
         ms: t.elapsed().as_secs_f64() * 1000.0,
-    })
-}
-
-fn summarise(attempts: &[&Attempt]) -> Value {
-    let n = attempts.len();
-    let usable: Vec<&&Attempt> = attempts.iter().filter(|a| a.usable()).collect();
-    let right = attempts.iter().filter(|a| a.approved_right()).count();
-    let right_usable = usable.iter().filter(|a| a.approved_right()).count();
-    let wrong = attempts.iter().filter(|a| a.approved() && !a.approved_right()).count();
-    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut final_reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut steps: BTreeMap<String, usize> = BTreeMap::new();
-    for a in attempts {
-        *outcomes.entry(a.outcome()).or_default() += 1;
-        if let Some(d) = a.run.decision() {
-            for r in reasons(d) {
-                *final_reasons
-                    .entry(r.as_str_name().trim_start_matches("REASON_").to_string())
-                    .or_default() += 1;
-            }
-        }
-        let s: Vec<&str> = a
-            .run
-            .steps
-            .iter()
-            .map(|s| s.as_str_name().trim_start_matches("REASON_"))
-            .collect();
-        *steps
-            .entry(if s.is_empty() { "none".into() } else { s.join(" > ") })
-            .or_default() += 1;
-    }
-    let ms: Vec<f64> = attempts.iter().map(|a| a.ms).collect();
-    let detail: Vec<Value> = attempts
-        .iter()
-        .filter(|a| !a.approved_right())
-        .map(|a| {
-            let answers: Vec<String> = a
-                .run
-                .answers
-                .iter()
-                .map(|x| {
-                    format!(
-                        "{}{}[{}]",
-                        lobby_kiosk_client::outcome_name(x.outcome),
-                        if x.masked { " masked" } else { "" },
-                        lobby_kiosk_client::reason_names(&x.reasons).join(",")
-                    )
-                })
-                .collect();
-            json!({"who": a.who, "answers": answers})
-        })
-        .collect();
-    let frames: Vec<f64> = attempts.iter().map(|a| a.run.frames_sent as f64).collect();
-    let rate = |a: usize, b: usize| (a as f64 / b.max(1) as f64 * 10_000.0).round() / 10_000.0;
-    json!({
-        "probes": n,
-        "usable": usable.len(),
-        "contactless": right,
-        "contactless_rate": rate(right, n),
-        "contactless_rate_usable": rate(right_usable, usable.len()),
-        "wrong_guest_approved": wrong,
-        "outcomes": outcomes,
-        "final_reasons": final_reasons,
-        "ladder_steps": steps,
-        "mean_steps": (attempts.iter().map(|a| a.run.steps.len()).sum::<usize>() as f64 / n.max(1) as f64 * 100.0).round() / 100.0,
-        "mean_frames": (frames.iter().sum::<f64>() / n.max(1) as f64 * 100.0).round() / 100.0,
-        "latency_ms": {"p50": (percentile(&ms, 50.0) * 10.0).round() / 10.0, "p99": (percentile(&ms, 99.0) * 10.0).round() / 10.0},
-        "not_contactless": detail,
     })
 }
 

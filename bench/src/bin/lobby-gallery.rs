@@ -11,16 +11,17 @@
 //!   `mean + sum_i z_i (t_i - mean) / sqrt(m)`, z ~ N(0, 1), then L2-normalised), and queries add to
 //!   their source noise shaped like real genuine-pair differences (same construction on `a - b` of
 //!   LFW's same-person pairs), scaled so that their mean cosine to the source is the real pairs'
-//!   mean cosine. Real faces' spectrum, no real photo stored. Then (`--startup N`) N
-//! templates written to a real SQLite store and the time from nothing to a serving-ready `App`
-//! (models loaded and planned, every property's gallery built), and its memory.
+//!   mean cosine. Real faces' spectrum, no real photo stored.
+//!
+//! Then (`--startup N`) N templates written to a real SQLite store and the time from nothing to a
+//! serving-ready `App` (models loaded and planned, every property's gallery built), and its memory.
 use anyhow::Result;
 use clap::Parser;
 use faiss::{index_factory, Index, MetricType};
 use lobby_bench::{metrics::percentile, record};
 use lobby_models::{default_model_dir, ensure, Source};
-use lobby_service::core::App;
 use lobby_service::config::Settings;
+use lobby_service::core::App;
 use lobby_service::gallery::TemplateKind;
 use lobby_service::store::SqliteStore;
 use lobby_service::vision::Vision;

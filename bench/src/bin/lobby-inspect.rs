@@ -3,9 +3,9 @@
 //! looking into a single case. With `--aligned DIR`, writes the aligned 112x112 crops there (local
 //! debugging only; never commit them), each also with a synthetic mask. Prints no embeddings.
 use anyhow::Result;
+use lobby_bench::masks::{random_mask, SplitMix};
 use lobby_models::{default_model_dir, ensure, Source};
 use lobby_service::vision::embed::{alignment_transform, ARCFACE_TEMPLATE};
-use lobby_bench::masks::{random_mask, SplitMix};
 use lobby_service::vision::mask_render;
 use lobby_service::vision::{Embedding, Vision, VisionConfig};
 use std::path::PathBuf;

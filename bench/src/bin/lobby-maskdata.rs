@@ -14,8 +14,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lobby_bench::datasets;
-use lobby_models::{default_model_dir, ensure, Source};
 use lobby_bench::masks::{random_mask, random_varied_mask, SplitMix};
+use lobby_models::{default_model_dir, ensure, Source};
 use lobby_service::vision::mask_render;
 use lobby_service::vision::quality::primary_face;
 use lobby_service::vision::{Vision, VisionConfig};

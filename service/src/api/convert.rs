@@ -3,7 +3,7 @@
 
 use super::validate::{bad, date, ident, text};
 use crate::core::{AppError, CheckIn, Evaluated, PhotoOutcome};
-use crate::domain::{Colour, HealthRecord, OverrideAction, Outcome, Reason, ResStatus, Step};
+use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step};
 use crate::store::{DecisionRow, ReservationInput, ReservationView};
 use crate::vision::Quality;
 use lobby_proto::v1 as pv;

@@ -40,7 +40,10 @@ impl pv::reservation_service_server::ReservationService for Reservations {
         Ok(Response::new((&view).into()))
     }
 
-    async fn enroll_face(&self, req: Request<pv::EnrollFaceRequest>) -> Result<Response<pv::EnrollFaceResponse>, Status> {
+    async fn enroll_face(
+        &self,
+        req: Request<pv::EnrollFaceRequest>,
+    ) -> Result<Response<pv::EnrollFaceResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let property = ident("property_id", &r.property_id)?.to_string();
@@ -84,7 +87,10 @@ impl pv::reservation_service_server::ReservationService for Reservations {
         Ok(Response::new((&view).into()))
     }
 
-    async fn erase_guest(&self, req: Request<pv::EraseGuestRequest>) -> Result<Response<pv::EraseGuestResponse>, Status> {
+    async fn erase_guest(
+        &self,
+        req: Request<pv::EraseGuestRequest>,
+    ) -> Result<Response<pv::EraseGuestResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let (guest_id, n) = self
@@ -102,7 +108,10 @@ impl pv::reservation_service_server::ReservationService for Reservations {
         }))
     }
 
-    async fn get_reservation(&self, req: Request<pv::GetReservationRequest>) -> Result<Response<pv::Reservation>, Status> {
+    async fn get_reservation(
+        &self,
+        req: Request<pv::GetReservationRequest>,
+    ) -> Result<Response<pv::Reservation>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let view = self

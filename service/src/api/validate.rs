@@ -14,7 +14,9 @@ pub fn ident<'a>(field: &str, v: &'a str) -> Result<&'a str> {
     if ok {
         Ok(v)
     } else {
-        Err(bad(format!("{field} must be 1-64 characters of A-Z, a-z, 0-9, _ - . :")))
+        Err(bad(format!(
+            "{field} must be 1-64 characters of A-Z, a-z, 0-9, _ - . :"
+        )))
     }
 }
 

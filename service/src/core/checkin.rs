@@ -183,8 +183,7 @@ impl App {
                 let best = match found.best {
                     Some((r, score, ts)) => Some((
                         r,
-                        self.judged(Mode::OneToN, masked, score, &ts, fusion, second_ms)
-                            .await?,
+                        self.judged(Mode::OneToN, masked, score, &ts, fusion, second_ms).await?,
                     )),
                     None => None,
                 };
@@ -256,7 +255,13 @@ impl App {
         let code = session.code.clone();
         let mut second_ms = 0.0;
         let matching = self
-            .identify(&property, session.current_mut(), masked, code.as_deref(), &mut second_ms)
+            .identify(
+                &property,
+                session.current_mut(),
+                masked,
+                code.as_deref(),
+                &mut second_ms,
+            )
             .await?;
         eval.search_ms = ms_since(t) - second_ms;
         eval.second_ms = second_ms;
@@ -307,13 +312,7 @@ impl App {
 
     /// Evaluates a unary check-in (one frame, no ladder memory: a step comes back as a RETRY);
     /// nothing is recorded.
-    pub async fn evaluate(
-        &self,
-        caller: &Caller,
-        photo: Vec<u8>,
-        code: &str,
-        qr: &str,
-    ) -> Result<Evaluated> {
+    pub async fn evaluate(&self, caller: &Caller, photo: Vec<u8>, code: &str, qr: &str) -> Result<Evaluated> {
         let mut session = Session::unary();
         Ok(self.frame(caller, &mut session, photo, code, qr).await?.0)
     }

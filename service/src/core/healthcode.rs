@@ -5,10 +5,10 @@
 //! over the exact payload bytes by an issuer whose public key is configured. Because the signature
 //! covers the bytes as sent, no canonical re-encoding is needed to verify.
 
+pub use crate::domain::{Colour, HealthRecord};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-pub use crate::domain::{Colour, HealthRecord};
 use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "LHC1";

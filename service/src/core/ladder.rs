@@ -7,8 +7,9 @@
 //! the mean of the frames' scores; liveness averaged), the masked and the unmasked frames apart.
 //! Renormalising the mean would inflate every score of frames that differ (impostors' too): on
 //! two-photo LFW probes it raised the false-match rate at the service's thresholds to 1.7e-4 (1:1)
-//! and 1.5e-5 (1:N); the mean of scores keeps them (bench/RESULTS.md, "Fused frames"). When identity is not confident (no match, a score below the threshold,
-//! two guests too close), the server climbs:
+//! and 1.5e-5 (1:N); the mean of scores keeps them (bench/RESULTS.md, "Fused frames"). When
+//! identity is not confident (no match, a score below the threshold, two guests too close), the
+//! server climbs:
 //! 1. a masked face: "lower your mask for a moment" ([`Step::LowerMask`]); the next frames are
 //!    judged as unmasked probes;
 //! 2. no booking code yet: "show your booking QR or type the code" ([`Step::ShowReservation`]); the

@@ -241,4 +241,3 @@ fn fusion_averages_the_same_person_and_restarts_for_someone_else() {
     }
     assert_eq!(f.len(), 3);
 }
-

@@ -132,6 +132,7 @@ impl Matcher {
     }
 
     /// Templates in a property's index.
+    #[cfg(test)]
     pub fn indexed(&self, property: &str) -> usize {
         self.gallery.len(property)
     }
@@ -183,7 +184,12 @@ impl Matcher {
     /// guest's score (first stage).
     pub async fn one_to_n(&self, property: &str, probe: &Embedding, masked: bool, today: NaiveDate) -> Result<OneToN> {
         let expected = self.store.expected_guests(property, today, self.slack_days).await?;
-        let (g, p, q, k) = (self.gallery.clone(), property.to_string(), probe.0.clone(), self.search_k);
+        let (g, p, q, k) = (
+            self.gallery.clone(),
+            property.to_string(),
+            probe.0.clone(),
+            self.search_k,
+        );
         let hits = blocking(move || Ok(g.search(&p, &q, masked, k, |guest| expected.contains(guest))?)).await?;
         let best = match hits.first() {
             Some(h) => match self.store.reservation_of_guest(&h.guest_id).await? {

@@ -6,8 +6,8 @@
 //! [`crate::store::Store`].
 
 mod analyser;
-pub mod cascade;
 mod caller;
+pub mod cascade;
 pub mod checkin;
 mod enrolment;
 pub mod healthcode;

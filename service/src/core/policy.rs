@@ -7,8 +7,8 @@ use super::cascade::{student_threshold, CascadeScore, Judged, Mode};
 use super::healthcode::QrProblem;
 use super::ladder::IdentityState;
 use crate::config::{Policy, PolicyOutcome};
-pub use crate::domain::{Outcome, Reason};
 use crate::domain::{Colour, HealthRecord, ResStatus};
+pub use crate::domain::{Outcome, Reason};
 use crate::store::ReservationView;
 use crate::vision::{FaceAnalysis, Quality};
 use chrono::NaiveDate;
@@ -81,7 +81,7 @@ pub struct Decision {
 /// Capture checks that make the kiosk ask for another photo. For a masked face only the roll (read
 /// from the eyes) is checked of the head pose: yaw and pitch are read from the nose and the mouth
 /// corners, which a mask hides and the detector guesses (on MFR2 the check sent 13 % of real masked
-/// faces back for a turned head, bench/RESULTS.md "Capture checks").
+/// faces back for a turned head, bench/RESULTS-log.md "Capture checks").
 pub fn capture_problems(p: &Policy, q: &Quality, masked: bool) -> Vec<Reason> {
     let mut r = Vec::new();
     if q.comparable_faces > 1 {

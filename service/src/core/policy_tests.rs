@@ -48,8 +48,8 @@ fn reservation(colour: Colour) -> ReservationView {
         consent: true,
         health: HealthRecord {
             colour,
-            issued_at_ms: NOW - 3600_000,
-            expires_at_ms: NOW + 3600_000,
+            issued_at_ms: NOW - 3_600_000,
+            expires_at_ms: NOW + 3_600_000,
             source: "pms".into(),
         },
         templates: 1,
@@ -310,4 +310,3 @@ fn stay_rules() {
         (Outcome::Review, Reason::NotEnrolled, IdentityState::Final)
     );
 }
-

@@ -2,7 +2,7 @@
 //! overrides, and the audit trail's check.
 
 use super::{now_ms, App, AppError, Caller, Result};
-use crate::domain::{OverrideAction, Outcome};
+use crate::domain::{Outcome, OverrideAction};
 use crate::store::{DecisionRow, OverrideRow, Verification};
 use std::collections::{HashSet, VecDeque};
 use tokio::sync::{broadcast, watch};
@@ -37,7 +37,10 @@ impl ReviewFeed {
                     return Some(d);
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "review subscriber lagged; it should reconnect for pending reviews");
+                    tracing::warn!(
+                        missed = n,
+                        "review subscriber lagged; it should reconnect for pending reviews"
+                    );
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::config::Role;
-use crate::domain::{Colour, HealthRecord, OverrideAction, Outcome, Reason, ResStatus, Step};
+use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step};
 use crate::store::ReservationInput;
 use crate::vision::geometry::{BBox, Point};
 use crate::vision::{
@@ -187,7 +187,13 @@ impl Fixture {
         self.reservation_from(code, arrival).await;
         let (_, outcomes, clean) = self
             .app
-            .enrol(&enroller(), PROPERTY, code, vec![photo(&format!("person={person}"))], consent(true))
+            .enrol(
+                &enroller(),
+                PROPERTY,
+                code,
+                vec![photo(&format!("person={person}"))],
+                consent(true),
+            )
             .await
             .unwrap();
         assert_eq!((clean, outcomes[0].rejection), (1, None));
@@ -211,7 +217,11 @@ async fn enrolment_needs_consent_and_stores_templates_only_of_good_photos() {
         .enrol(&enroller(), PROPERTY, "R1", vec![photo("person=1")], consent(false))
         .await;
     assert!(matches!(refused, Err(AppError::FailedPrecondition(_))), "{refused:?}");
-    assert_eq!(f.count("SELECT COUNT(*) FROM templates"), 0, "nothing stored without consent");
+    assert_eq!(
+        f.count("SELECT COUNT(*) FROM templates"),
+        0,
+        "nothing stored without consent"
+    );
 
     let (_, outcomes, clean) = f
         .app
@@ -261,7 +271,10 @@ async fn one_to_n_approves_the_guest_and_names_no_one_for_a_stranger() {
     // A stranger is asked for a booking code (unary: a RETRY), and nobody is named.
     let c = f.app.check_in(&kiosk(), photo("person=9"), "", "").await.unwrap();
     let d = &c.eval.decision;
-    assert_eq!((d.outcome, d.reasons.as_slice()), (Outcome::Retry, &[Reason::ShowReservation][..]));
+    assert_eq!(
+        (d.outcome, d.reasons.as_slice()),
+        (Outcome::Retry, &[Reason::ShowReservation][..])
+    );
     assert!(d.reservation.is_none() && d.candidate.is_none());
     let r1 = f.app.get_reservation(&staff(), PROPERTY, "R1").await.unwrap();
     assert_eq!(r1.status, ResStatus::Booked);
@@ -287,7 +300,12 @@ async fn one_to_one_approves_only_the_guest_of_the_named_reservation() {
     assert_eq!(r2.status, ResStatus::Booked);
 
     let c = f.app.check_in(&kiosk(), photo("person=1"), "R1", "").await.unwrap();
-    assert_eq!(c.eval.decision.outcome, Outcome::Approved, "{:?}", c.eval.decision.reasons);
+    assert_eq!(
+        c.eval.decision.outcome,
+        Outcome::Approved,
+        "{:?}",
+        c.eval.decision.reasons
+    );
     assert_eq!(c.eval.decision.reservation.map(|r| r.code), Some("R1".into()));
 
     // A code naming no reservation is its own answer, and checks nobody in.
@@ -302,7 +320,11 @@ async fn a_stream_records_only_its_end_and_the_desk_gets_the_step_the_guest_left
 
     // A stranger is asked for a code; the guidance is not recorded.
     let mut s = CheckInStream::new();
-    let a = f.app.stream_frame(&kiosk(), &mut s, photo("person=9"), "", "").await.unwrap();
+    let a = f
+        .app
+        .stream_frame(&kiosk(), &mut s, photo("person=9"), "", "")
+        .await
+        .unwrap();
     let StreamAnswer::Guidance(g) = a else {
         panic!("expected guidance")
     };
@@ -312,14 +334,21 @@ async fn a_stream_records_only_its_end_and_the_desk_gets_the_step_the_guest_left
     let desk = f.app.end_stream(&kiosk(), s).await.unwrap().expect("a desk decision");
     assert_eq!(desk.eval.decision.outcome, Outcome::Review);
     let row = f.app.get_decision(&staff(), &desk.id).await.unwrap();
-    assert_eq!((row.outcome, row.steps.as_slice()), (Outcome::Review, &[Step::ShowReservation][..]));
+    assert_eq!(
+        (row.outcome, row.steps.as_slice()),
+        (Outcome::Review, &[Step::ShowReservation][..])
+    );
     // A stranger's REVIEW names no guest: the desk is not shown the nearest guest's booking.
     assert!(row.reservation_code.is_empty() && row.guest_id.is_none(), "{row:?}");
     assert_eq!(f.store.pending_reviews(Some(PROPERTY)).await.unwrap().len(), 1);
 
     // A stream that only gave capture guidance records its last RETRY and answers nothing.
     let mut s = CheckInStream::new();
-    let a = f.app.stream_frame(&kiosk(), &mut s, photo("person=1 dark"), "", "").await.unwrap();
+    let a = f
+        .app
+        .stream_frame(&kiosk(), &mut s, photo("person=1 dark"), "", "")
+        .await
+        .unwrap();
     assert!(matches!(a, StreamAnswer::Guidance(ref g) if g.capture_problem));
     assert!(f.app.end_stream(&kiosk(), s).await.unwrap().is_none());
     assert_eq!(f.decisions(), 2);
@@ -327,7 +356,11 @@ async fn a_stream_records_only_its_end_and_the_desk_gets_the_step_the_guest_left
 
     // The guest's own face ends the stream with one recorded approval.
     let mut s = CheckInStream::new();
-    let a = f.app.stream_frame(&kiosk(), &mut s, photo("person=1"), "", "").await.unwrap();
+    let a = f
+        .app
+        .stream_frame(&kiosk(), &mut s, photo("person=1"), "", "")
+        .await
+        .unwrap();
     let StreamAnswer::Final(c) = a else {
         panic!("expected a final decision")
     };
@@ -350,7 +383,10 @@ async fn overrides_need_a_decision_and_approval_needs_a_reservation() {
 
     // A stranger's REVIEW names no reservation: it can be denied, not approved.
     let mut s = CheckInStream::new();
-    f.app.stream_frame(&kiosk(), &mut s, photo("person=9"), "", "").await.unwrap();
+    f.app
+        .stream_frame(&kiosk(), &mut s, photo("person=9"), "", "")
+        .await
+        .unwrap();
     let stranger = f.app.end_stream(&kiosk(), s).await.unwrap().unwrap();
     let r = f
         .app
@@ -365,7 +401,11 @@ async fn overrides_need_a_decision_and_approval_needs_a_reservation() {
     assert_eq!(denied.final_outcome, Outcome::Denied);
 
     // The guest's REVIEW (a photo held up: liveness fails) can be approved, which checks them in.
-    let review = f.app.check_in(&kiosk(), photo("person=1 live=0.01"), "R1", "").await.unwrap();
+    let review = f
+        .app
+        .check_in(&kiosk(), photo("person=1 live=0.01"), "R1", "")
+        .await
+        .unwrap();
     assert_eq!(review.eval.decision.outcome, Outcome::Review);
     let approved = f
         .app
@@ -388,7 +428,11 @@ async fn erasure_takes_the_guest_out_of_the_store_and_the_index() {
 
     let (_, removed) = f.app.erase(&enroller(), PROPERTY, "R1", "guest asked").await.unwrap();
     assert_eq!(removed, 2);
-    assert_eq!(f.app.matcher.indexed(PROPERTY), 2, "the index keeps only R2's templates");
+    assert_eq!(
+        f.app.matcher.indexed(PROPERTY),
+        2,
+        "the index keeps only R2's templates"
+    );
     let left: i64 = f.count("SELECT COUNT(*) FROM templates");
     assert_eq!(left, 2);
     let c = f.app.check_in(&kiosk(), photo("person=1"), "", "").await.unwrap();

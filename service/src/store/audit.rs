@@ -124,9 +124,8 @@ pub struct Verification {
 /// and each hash recomputed from the entry's own fields.
 pub fn verify<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> Verification {
     let mut prev = GENESIS.to_string();
-    let mut expected_seq = 1i64;
     let mut n = 0u64;
-    for e in entries {
+    for (expected_seq, e) in (1i64..).zip(entries) {
         n += 1;
         if e.seq != expected_seq {
             return Verification {
@@ -151,7 +150,6 @@ pub fn verify<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> Verifica
             };
         }
         prev = e.hash.clone();
-        expected_seq += 1;
     }
     Verification {
         entries: n,

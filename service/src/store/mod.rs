@@ -15,7 +15,7 @@ mod sqlite;
 pub use audit::Verification;
 pub use sqlite::SqliteStore;
 
-use crate::domain::{Colour, HealthRecord, OverrideAction, Outcome, Reason, ResStatus, Step, TemplateKind};
+use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step, TemplateKind};
 use chrono::NaiveDate;
 use std::collections::HashSet;
 

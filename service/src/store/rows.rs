@@ -3,7 +3,7 @@
 
 use super::audit::{self, AuditEntry, AuditEvent};
 use super::{DecisionRow, OverrideRow, ReservationView, Result, StoreError, StoredTemplate};
-use crate::domain::{Colour, HealthRecord, OverrideAction, Outcome, Reason, ResStatus, Step, TemplateKind};
+use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step, TemplateKind};
 use chrono::NaiveDate;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
@@ -113,10 +113,9 @@ fn date(s: &str, table: &'static str, key: &str, column: &str) -> Result<NaiveDa
 
 /// The names in a JSON array column, each parsed by `f`.
 fn names<T>(json: &str, f: fn(&str) -> Option<T>, table: &'static str, key: &str, column: &str) -> Result<Vec<T>> {
-    let list: Vec<String> = serde_json::from_str(json).map_err(|_| corrupt(table, key, format!("{column} = {json:?}")))?;
-    list.iter()
-        .map(|s| parsed(f(s), table, key, column, s))
-        .collect()
+    let list: Vec<String> =
+        serde_json::from_str(json).map_err(|_| corrupt(table, key, format!("{column} = {json:?}")))?;
+    list.iter().map(|s| parsed(f(s), table, key, column, s)).collect()
 }
 
 pub(super) fn append_audit(tx: &Transaction, ev: &AuditEvent, now_ms: i64) -> Result<()> {
@@ -186,7 +185,13 @@ impl RawReservation {
         v.arrival = date(&self.arrival, T, &key, "arrival")?;
         v.departure = date(&self.departure, T, &key, "departure")?;
         v.status = parsed(ResStatus::parse(&self.status), T, &key, "status", &self.status)?;
-        v.health.colour = parsed(Colour::parse(&self.colour), "guests", &v.guest_id, "health_colour", &self.colour)?;
+        v.health.colour = parsed(
+            Colour::parse(&self.colour),
+            "guests",
+            &v.guest_id,
+            "health_colour",
+            &self.colour,
+        )?;
         Ok(v)
     }
 }
@@ -291,7 +296,13 @@ impl RawDecision {
         let mut d = self.d;
         let key = d.id.clone();
         d.outcome = parsed(Outcome::parse(&self.outcome), T, &key, "outcome", &self.outcome)?;
-        d.final_outcome = parsed(Outcome::parse(&self.final_outcome), T, &key, "final_outcome", &self.final_outcome)?;
+        d.final_outcome = parsed(
+            Outcome::parse(&self.final_outcome),
+            T,
+            &key,
+            "final_outcome",
+            &self.final_outcome,
+        )?;
         d.health_colour = parsed(Colour::parse(&self.colour), T, &key, "health_colour", &self.colour)?;
         d.reasons = names(&self.reasons, Reason::parse, T, &key, "reasons")?;
         d.steps = names(&self.steps, Step::parse, T, &key, "steps")?;

@@ -7,8 +7,8 @@ use super::rows::{
     SCHEMA_V1, SCHEMA_V2, SCHEMA_VERSION, TPL_SELECT,
 };
 use super::{
-    ConsentRecord, DecisionRow, NewTemplate, OverrideRow, ReservationInput, ReservationView, Result, Store,
-    StoreError, StoredTemplate,
+    ConsentRecord, DecisionRow, NewTemplate, OverrideRow, ReservationInput, ReservationView, Result, Store, StoreError,
+    StoredTemplate,
 };
 use crate::domain::{HealthRecord, Outcome, ResStatus};
 use chrono::NaiveDate;
@@ -84,10 +84,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` with the connection on the blocking pool.
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,10 +159,14 @@ impl Store for SqliteStore {
     async fn reservation_of_guest(&self, guest_id: &str) -> Result<Option<ReservationView>> {
         let guest_id = guest_id.to_string();
         self.run(move |c| {
-            c.query_row(&format!("{RES_SELECT} WHERE r.guest_id = ?1"), params![guest_id], res_row)
-                .optional()?
-                .map(|r| r.parse())
-                .transpose()
+            c.query_row(
+                &format!("{RES_SELECT} WHERE r.guest_id = ?1"),
+                params![guest_id],
+                res_row,
+            )
+            .optional()?
+            .map(|r| r.parse())
+            .transpose()
         })
         .await
     }
@@ -288,7 +289,12 @@ impl Store for SqliteStore {
         actor: &str,
         now_ms: i64,
     ) -> Result<(String, Vec<i64>)> {
-        let (property, code, reason, actor) = (property.to_string(), code.to_string(), reason.to_string(), actor.to_string());
+        let (property, code, reason, actor) = (
+            property.to_string(),
+            code.to_string(),
+            reason.to_string(),
+            actor.to_string(),
+        );
         self.run(move |c| {
             let tx = c.transaction()?;
             let res = res_required(&tx, &property, &code)?;
@@ -445,7 +451,12 @@ impl Store for SqliteStore {
             if check_in && !d.reservation_code.is_empty() {
                 tx.execute(
                     "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3 WHERE property_id = ?1 AND code = ?2",
-                    params![d.property_id, d.reservation_code, ov.at_ms, ResStatus::CheckedIn.as_str()],
+                    params![
+                        d.property_id,
+                        d.reservation_code,
+                        ov.at_ms,
+                        ResStatus::CheckedIn.as_str()
+                    ],
                 )?;
             }
             let ev = AuditEvent {

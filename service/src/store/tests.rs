@@ -35,7 +35,10 @@ async fn a_version_1_store_opens_and_keeps_its_decisions_and_templates() {
     assert_eq!((d.frames, d.fused_frames), (1, 1));
     assert_eq!(s.pending_reviews(None).await.unwrap().len(), 1);
     let t = s.all_templates().await.unwrap();
-    assert_eq!((t.len(), t[0].kind, t[0].vector.as_slice()), (1, TemplateKind::Clean, &[1.0f32][..]));
+    assert_eq!(
+        (t.len(), t[0].kind, t[0].vector.as_slice()),
+        (1, TemplateKind::Clean, &[1.0f32][..])
+    );
     let v: i64 = s
         .with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
         .unwrap();
@@ -62,14 +65,20 @@ async fn a_row_that_does_not_parse_is_corrupt_not_a_default() {
         other => panic!("{other:?}"),
     }
     corrupt("UPDATE reservations SET arrival = '2027-01-15', status = 'MAYBE'");
-    assert!(matches!(s.get_reservation("p", "R1").await, Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        s.get_reservation("p", "R1").await,
+        Err(StoreError::Corrupt { .. })
+    ));
     corrupt("UPDATE decisions SET reasons = '[\"BECAUSE\"]'");
     match s.get_decision("d1").await {
         Err(StoreError::Corrupt { table, key, .. }) => assert_eq!((table, key.as_str()), ("decisions", "d1")),
         other => panic!("{other:?}"),
     }
     corrupt("UPDATE templates SET kind = 'blurry'");
-    assert!(matches!(s.all_templates().await, Err(StoreError::Corrupt { table: "templates", .. })));
+    assert!(matches!(
+        s.all_templates().await,
+        Err(StoreError::Corrupt { table: "templates", .. })
+    ));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 //! ~200 px.
 //!
 //! The first pass' size trades time for landmark precision, measured with `lobby-eval`
-//! (`bench/RESULTS.md`, "Performance"): 480 px keeps the unmasked operating points of the 640-px pass
+//! (`bench/RESULTS-log.md`, "Performance"): 480 px keeps the unmasked operating points of the 640-px pass
 //! (LFW TAR at FMR 1e-4 / 1e-5) and raises the masked ones, at ~60 % of its time; 320 px is three
 //! times faster but loses 1.5-2.5 points of TAR there. A second pass on a crop around the face, meant
 //! to sharpen the landmarks at less cost, made them worse (YuNet's landmarks need the scene around the

@@ -166,7 +166,6 @@ impl MaskSpec {
     }
 }
 
-
 /// The masks drawn on an enrolment photo for its masked template: the commonest kinds (a light-blue
 /// surgical mask, a dark cloth mask, a white N95), none of them a random draw, so the same photo
 /// always gives the same template.

@@ -13,7 +13,7 @@ pub const COMPARABLE_SIZE_RATIO: f32 = 0.6;
 /// and height means "one person at a time": someone next to the guest in front of the kiosk. A face
 /// further out (a companion at the frame's edge, a passer-by) or smaller (behind the guest) does
 /// not: on LFW the rule that counted every comparable face anywhere sent 8.7 % of genuine photos
-/// back without protecting matching at all (bench/RESULTS.md, "Capture checks").
+/// back without protecting matching at all (bench/RESULTS-log.md, "Capture checks").
 pub const CENTRAL_REGION: f32 = 0.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

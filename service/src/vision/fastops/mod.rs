@@ -17,8 +17,8 @@
 //!
 //! The arithmetic is the same as tract's (the same products and sums per output; only their order
 //! may differ), so outputs agree to float rounding: unit tests on small graphs (`tests.rs`), and
-//! `tests/tests/fastops.rs` runs the whole pipeline both ways on real photos. What each swap buys is
-//! in `bench/RESULTS.md` ("Performance"); `lobby-stages --tract-only` measures tract alone.
+//! `tests/tests/e2e/fastops.rs` runs the whole pipeline both ways on real photos. What each swap buys is
+//! in `bench/RESULTS-log.md` ("Performance"); `lobby-stages --tract-only` measures tract alone.
 //!
 //! The files: this one holds the ops and [`rewrite`]; `matching.rs` finds the nodes to swap;
 //! `dispatch.rs` picks a kernel at run time; `portable.rs` holds the plain-Rust kernels (the only ones

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tonic::Code;
 
+/// An identity's unmasked and masked photos.
+type Photos = (Vec<PathBuf>, Vec<PathBuf>);
+
 fn issuer() -> SigningKey {
     SigningKey::from_bytes(&[42u8; 32])
 }
@@ -966,7 +969,7 @@ async fn masked_guests_enrolled_unmasked_check_in() {
     else {
         return;
     };
-    let ids: Vec<(String, (Vec<PathBuf>, Vec<PathBuf>))> = mfr2_identities(&data)
+    let ids: Vec<(String, Photos)> = mfr2_identities(&data)
         .into_iter()
         .filter(|(_, (clean, masked))| !clean.is_empty() && !masked.is_empty())
         .collect();

@@ -1,0 +1,12 @@
+//! The end-to-end suite, one test binary (the models are loaded once for all of it): real models,
+//! real photos from ../shared/data, real SQLite, real gRPC on 127.0.0.1:0.
+//!
+//! - [`pipeline`]: the face pipeline on real photos.
+//! - [`fastops`]: our operator kernels agree with tract's on real photos.
+//! - [`service`]: the service over gRPC — enrolment, check-in, roles, bad input, reviews, audit.
+//! - [`ladder`]: the check-in stream's escalation ladder driven by the kiosk client.
+
+mod fastops;
+mod ladder;
+mod pipeline;
+mod service;
