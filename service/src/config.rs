@@ -46,6 +46,8 @@ pub struct Limits {
     pub max_concurrent_analyses: usize,
     pub queue_wait_ms: u64,
     pub max_photos_per_enrolment: usize,
+    /// On SIGTERM or Ctrl-C: how long calls in flight may take to finish before the server exits.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

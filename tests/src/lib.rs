@@ -201,7 +201,7 @@ pub mod server {
                 let _ = tx.send(());
             }
             if let Some(h) = self.handle.take() {
-                let _ = h.await;
+                h.await.expect("server task").expect("the server stops cleanly");
             }
             std::mem::replace(
                 &mut self.tokens,

@@ -368,7 +368,12 @@ impl App {
 
     /// Records an evaluated check-in (audited); an approval checks the reservation in, a REVIEW is
     /// pushed to front-desk subscribers.
-    pub async fn record(&self, caller: &Caller, eval: Evaluated) -> Result<CheckIn> {
+    ///
+    /// An approval holds only if its reservation is still BOOKED when it is recorded (checked in by
+    /// another kiosk, cancelled or erased since the frame was judged: compare-and-set in the store's
+    /// transaction); otherwise the guest goes to the desk — REVIEW with ALREADY_CHECKED_IN — and that
+    /// is what is recorded and answered.
+    pub async fn record(&self, caller: &Caller, mut eval: Evaluated) -> Result<CheckIn> {
         let d = &eval.decision;
         let id = new_decision_id();
         let named = d.reservation.as_ref().or(d.candidate.as_ref());
@@ -401,8 +406,27 @@ impl App {
             cascade: d.cascade.map(|c| (c.fused, c.threshold)),
         };
         let approved = d.outcome == Outcome::Approved && d.reservation.is_some();
-        self.store.record_decision(&row, approved, row.created_at_ms).await?;
-        if d.outcome == Outcome::Review {
+        let taken = approved.then(|| {
+            let mut t = row.clone();
+            t.outcome = Outcome::Review;
+            t.final_outcome = Outcome::Review;
+            t.reasons.push(Reason::AlreadyCheckedIn);
+            t.guest_message = policy::message(Outcome::Review, &t.reasons);
+            t
+        });
+        let as_decided = self
+            .store
+            .record_decision(&row, taken.as_ref(), row.created_at_ms)
+            .await?;
+        let row = match taken {
+            Some(t) if !as_decided => {
+                let d = &mut eval.decision;
+                (d.outcome, d.reasons, d.guest_message) = (t.outcome, t.reasons.clone(), t.guest_message.clone());
+                t
+            }
+            _ => row,
+        };
+        if row.outcome == Outcome::Review {
             let _ = self.reviews.send(row);
         }
         let total_ms = ms_since(eval.started);

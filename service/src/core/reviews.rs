@@ -2,7 +2,7 @@
 //! overrides, and the audit trail's check.
 
 use super::{now_ms, App, AppError, Caller, Result};
-use crate::domain::{Outcome, OverrideAction};
+use crate::domain::{Outcome, OverrideAction, ResStatus};
 use crate::store::{DecisionRow, OverrideRow, Verification};
 use std::collections::{HashSet, VecDeque};
 use tokio::sync::{broadcast, watch};
@@ -95,6 +95,27 @@ impl App {
             return Err(AppError::FailedPrecondition(
                 "no reservation is attached to this decision; check the guest in at the desk".into(),
             ));
+        }
+        if approve {
+            // The reservation as it is now, not as it was when the kiosk decided (the store checks
+            // again, atomically, when it commits).
+            let r = self.store.get_reservation(&d.property_id, &d.reservation_code).await?;
+            let refused = match &r {
+                None => Some("no longer exists"),
+                Some(r) if r.erased => Some("belongs to an erased guest"),
+                Some(r) => match r.status {
+                    ResStatus::Booked => None,
+                    ResStatus::Cancelled => Some("was cancelled"),
+                    ResStatus::CheckedIn => Some("is already checked in"),
+                    ResStatus::CheckedOut => Some("is checked out"),
+                },
+            };
+            if let Some(why) = refused {
+                return Err(AppError::FailedPrecondition(format!(
+                    "reservation {} {why}; the override was not applied",
+                    d.reservation_code
+                )));
+            }
         }
         let ov = OverrideRow {
             action,

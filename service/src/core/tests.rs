@@ -443,3 +443,73 @@ async fn erasure_takes_the_guest_out_of_the_store_and_the_index() {
     let c = f.app.check_in(&kiosk(), photo("person=2"), "", "").await.unwrap();
     assert_eq!(c.eval.decision.outcome, Outcome::Approved);
 }
+
+#[tokio::test]
+async fn of_two_approvals_of_one_reservation_only_one_checks_in() {
+    let f = Fixture::new().await;
+    f.enrolled("R1", 1).await;
+    // Two kiosks judge the guest before either records: both frames say APPROVED.
+    let a = f.app.evaluate(&kiosk(), photo("person=1"), "", "").await.unwrap();
+    let b = f.app.evaluate(&kiosk(), photo("person=1"), "", "").await.unwrap();
+    assert_eq!(
+        (a.decision.outcome, b.decision.outcome),
+        (Outcome::Approved, Outcome::Approved)
+    );
+    let k = kiosk();
+    let (a, b) = tokio::join!(f.app.record(&k, a), f.app.record(&k, b));
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|c| c.eval.decision.outcome);
+    assert_eq!(outcomes[0].eval.decision.outcome, Outcome::Approved);
+    let lost = &outcomes[1];
+    assert_eq!(lost.eval.decision.outcome, Outcome::Review);
+    assert!(lost.eval.decision.reasons.contains(&Reason::AlreadyCheckedIn));
+    let row = f.app.get_decision(&staff(), &lost.id).await.unwrap();
+    assert_eq!((row.outcome, row.final_outcome), (Outcome::Review, Outcome::Review));
+    assert_eq!(f.count("SELECT COUNT(*) FROM decisions WHERE outcome = 'APPROVED'"), 1);
+}
+
+#[tokio::test]
+async fn an_override_cannot_check_in_a_reservation_that_changed_since() {
+    let f = Fixture::new().await;
+    f.enrolled("R1", 1).await;
+    let review = f
+        .app
+        .check_in(&kiosk(), photo("person=1 live=0.01"), "R1", "")
+        .await
+        .unwrap();
+    assert_eq!(review.eval.decision.outcome, Outcome::Review);
+    // The reservation system cancels the booking before the desk looks at the review.
+    let mut r = ReservationInput {
+        property_id: PROPERTY.into(),
+        code: "R1".into(),
+        full_name: "Guest R1".into(),
+        guest_ref: "ref-R1".into(),
+        arrival: today(),
+        departure: today() + chrono::Days::new(2),
+        status: ResStatus::Cancelled,
+    };
+    f.app.upsert_reservation(&enroller(), &r).await.unwrap();
+    let refused = f
+        .app
+        .override_decision(&staff(), &review.id, OverrideAction::Approve, "passport checked")
+        .await;
+    assert!(
+        matches!(&refused, Err(AppError::FailedPrecondition(m)) if m.contains("cancelled")),
+        "{refused:?}"
+    );
+    let row = f.app.get_decision(&staff(), &review.id).await.unwrap();
+    assert!(row.override_.is_none(), "nothing applied");
+    // Booked again, then erased: still refused.
+    r.status = ResStatus::Booked;
+    f.app.upsert_reservation(&enroller(), &r).await.unwrap();
+    f.app.erase(&enroller(), PROPERTY, "R1", "guest asked").await.unwrap();
+    let refused = f
+        .app
+        .override_decision(&staff(), &review.id, OverrideAction::Approve, "passport checked")
+        .await;
+    assert!(matches!(refused, Err(AppError::FailedPrecondition(_))), "{refused:?}");
+    assert_eq!(
+        f.count("SELECT COUNT(*) FROM reservations WHERE status = 'CHECKED_IN'"),
+        0
+    );
+}

@@ -181,7 +181,11 @@ pub trait Store: Send + Sync {
     async fn all_templates(&self) -> Result<Vec<StoredTemplate>>;
     async fn guest_templates(&self, guest_id: &str) -> Result<Vec<StoredTemplate>>;
     /// Records a decision; when `check_in` is set, also marks that reservation checked in.
-    async fn record_decision(&self, d: &DecisionRow, check_in: bool, now_ms: i64) -> Result<()>;
+    /// Records a decision with its audit entry. With `if_taken` (an approval), the decision checks its
+    /// reservation in only if the reservation is still BOOKED and its guest not erased at commit — a
+    /// compare-and-set in the same transaction — and otherwise records `if_taken` instead (the
+    /// loser's decision, REVIEW). Answers whether `d` itself was recorded.
+    async fn record_decision(&self, d: &DecisionRow, if_taken: Option<&DecisionRow>, now_ms: i64) -> Result<bool>;
     async fn get_decision(&self, id: &str) -> Result<Option<DecisionRow>>;
     /// REVIEW decisions not yet overridden, oldest first.
     async fn pending_reviews(&self, property: Option<&str>) -> Result<Vec<DecisionRow>>;

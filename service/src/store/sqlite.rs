@@ -345,10 +345,34 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_decision(&self, d: &DecisionRow, check_in: bool, now_ms: i64) -> Result<()> {
-        let d = d.clone();
+    async fn record_decision(&self, d: &DecisionRow, if_taken: Option<&DecisionRow>, now_ms: i64) -> Result<bool> {
+        let (mut d, if_taken) = (d.clone(), if_taken.cloned());
         self.run(move |c| {
             let tx = c.transaction()?;
+            let mut as_decided = true;
+            let check_in = match if_taken {
+                Some(taken) => {
+                    // Compare-and-set: only a reservation still BOOKED, of a guest not erased.
+                    let n = tx.execute(
+                        "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3
+                         WHERE property_id = ?1 AND code = ?2 AND status = ?5
+                         AND guest_id IN (SELECT guest_id FROM guests WHERE erased_at_ms IS NULL)",
+                        params![
+                            d.property_id,
+                            d.reservation_code,
+                            now_ms,
+                            ResStatus::CheckedIn.as_str(),
+                            ResStatus::Booked.as_str()
+                        ],
+                    )?;
+                    if n == 0 {
+                        d = taken;
+                        as_decided = false;
+                    }
+                    n > 0
+                }
+                None => false,
+            };
             let reasons = names_json(&d.reasons, |r| r.as_str());
             let steps = names_json(&d.steps, |s| s.as_str());
             tx.execute(
@@ -380,12 +404,6 @@ impl Store for SqliteStore {
                     d.cascade.map(|c| c.1 as f64)
                 ],
             )?;
-            if check_in {
-                tx.execute(
-                    "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3 WHERE property_id = ?1 AND code = ?2",
-                    params![d.property_id, d.reservation_code, now_ms, ResStatus::CheckedIn.as_str()],
-                )?;
-            }
             let ev = AuditEvent {
                 kind: "decision",
                 actor: d.kiosk_id.clone(),
@@ -403,7 +421,7 @@ impl Store for SqliteStore {
             };
             append_audit(&tx, &ev, now_ms)?;
             tx.commit()?;
-            Ok(())
+            Ok(as_decided)
         })
         .await
     }
@@ -448,24 +466,39 @@ impl Store for SqliteStore {
                 "UPDATE decisions SET final_outcome = ?2 WHERE id = ?1",
                 params![id, final_outcome.as_str()],
             )?;
-            if check_in && !d.reservation_code.is_empty() {
-                tx.execute(
-                    "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3 WHERE property_id = ?1 AND code = ?2",
+            if check_in {
+                // Compare-and-set, as for a kiosk's approval: a reservation cancelled, checked in or
+                // out, or erased since the decision is not checked in by an override.
+                let n = tx.execute(
+                    "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3
+                     WHERE property_id = ?1 AND code = ?2 AND status = ?5
+                     AND guest_id IN (SELECT guest_id FROM guests WHERE erased_at_ms IS NULL)",
                     params![
                         d.property_id,
                         d.reservation_code,
                         ov.at_ms,
-                        ResStatus::CheckedIn.as_str()
+                        ResStatus::CheckedIn.as_str(),
+                        ResStatus::Booked.as_str()
                     ],
                 )?;
+                if n == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "reservation {} is no longer booked (cancelled, checked in or out, or erased); nothing was changed",
+                        d.reservation_code
+                    )));
+                }
             }
+            // Approving a guest the policy denied for a RED health code is flagged as such.
+            let red_override =
+                check_in && d.outcome == Outcome::Denied && d.health_colour == crate::domain::Colour::Red;
             let ev = AuditEvent {
                 kind: "override",
                 actor: ov.staff_id.clone(),
                 subject: id.clone(),
                 details: json!({"action": ov.action.as_str(), "reason": ov.reason, "from": d.final_outcome.as_str(),
                                 "to": final_outcome.as_str(), "property_id": d.property_id,
-                                "reservation_code": d.reservation_code}),
+                                "reservation_code": d.reservation_code,
+                                "overrides_red_health_code": red_override}),
             };
             append_audit(&tx, &ev, ov.at_ms)?;
             let out = decision(&tx, &id)?.ok_or_else(|| StoreError::NotFound(format!("decision {id}")))?;

@@ -350,6 +350,18 @@ async fn staff_override_of_a_review_is_recorded_and_audited() {
         got.r#override.unwrap().reason,
         "health code checked on paper at the desk"
     );
+    // The guest's other REVIEW cannot check them in a second time: the override re-checks the
+    // reservation as it is now.
+    let e = staff
+        .override_decision(pv::OverrideDecisionRequest {
+            decision_id: r2.decision_id.clone(),
+            action: pv::OverrideAction::Approve as i32,
+            reason: "same guest, second kiosk".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("already checked in"), "{}", e.message());
     let v = staff
         .verify_audit_trail(pv::VerifyAuditTrailRequest {})
         .await
@@ -1062,4 +1074,84 @@ async fn masked_guests_enrolled_unmasked_check_in() {
         "masked: {approved}/{probes} guests approved, {called_masked} called masked; {stranger_probes} stranger probes, none approved"
     );
     s.stop().await;
+}
+
+/// Four kiosks send the same guest at once: exactly one check-in is APPROVED; every other one goes
+/// to the desk as ALREADY_CHECKED_IN (whether it was judged before or after the winner committed:
+/// the approval is a compare-and-set on the reservation in the decision's own transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_check_ins_of_one_reservation_approve_once() {
+    let Some(data) = data_dir() else { return };
+    let Some(s) = start_with(&scratch_dir("race"), &public_key_b64(&issuer()), None, |st| {
+        st.policy.liveness_threshold = 0.0;
+    })
+    .await
+    else {
+        return;
+    };
+    let (id, photos) = identities(&data)
+        .into_iter()
+        .next()
+        .expect("uncropped_identities has identities");
+    assert_eq!(enrol(&s, &id, &photos[0]).await.templates_stored, 1);
+    set_health(&s, &id, pv::HealthColour::Green, true).await;
+    let code = code_of(&id);
+    let p = &photos[0];
+    let (a, b, c, d) = tokio::join!(
+        check_in(&s, p, &code, ""),
+        check_in(&s, p, &code, ""),
+        check_in(&s, p, &code, ""),
+        check_in(&s, p, &code, "")
+    );
+    let answers = [a, b, c, d];
+    let approved = answers.iter().filter(|r| outcome(r) == pv::Outcome::Approved).count();
+    assert_eq!(approved, 1, "{answers:?}");
+    for r in answers.iter().filter(|r| outcome(r) != pv::Outcome::Approved) {
+        assert_eq!(outcome(r), pv::Outcome::Review, "{r:?}");
+        assert!(r.reasons.contains(&(pv::Reason::AlreadyCheckedIn as i32)), "{r:?}");
+    }
+}
+
+/// Stopping (what SIGTERM and Ctrl-C do in `lobby-server`): health says NOT_SERVING while the server
+/// is still up, a front desk's review stream is told to end, and the server returns cleanly — well
+/// before the grace period once nothing is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_says_not_serving_first_ends_streams_and_returns() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Some(s) = start(&scratch_dir("stop"), &public_key_b64(&issuer()), None).await else {
+        return;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "lobby.v1.KioskService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let mut reviews = s
+        .staff()
+        .await
+        .stream_reviews(pv::StreamReviewsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let t = Instant::now();
+    let stopping = tokio::spawn(s.stop());
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message())
+        .await
+        .expect("health answers while the server drains");
+    assert_eq!(next.unwrap().unwrap().status, ServingStatus::NotServing as i32);
+    drop(watch);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), reviews.message())
+        .await
+        .expect("the review stream is told to end");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    tokio::time::timeout(std::time::Duration::from_secs(8), stopping)
+        .await
+        .expect("the server stops before the 10 s grace period")
+        .unwrap();
+    assert!(t.elapsed().as_secs_f64() < 8.0);
 }
