@@ -34,6 +34,7 @@ $PY bench/peer/peer.py models --models "$OUT/models" --runs 50 > "$OUT/models-pe
 wait_port() { for _ in $(seq 1 120); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.5; done; return 1; }
 
 echo "== load: Lobby"
+LOBBY__LIMITS__KIOSK_FRAMES_PER_MINUTE=1000000 LOBBY__LIMITS__KIOSK_FRAME_BURST=100000 \
 ./target/release/lobby-server --data-dir "$OUT/server" --listen 127.0.0.1:50061 > "$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; kill ${PEER:-0} 2>/dev/null || true' EXIT

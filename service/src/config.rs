@@ -48,6 +48,10 @@ pub struct Limits {
     pub max_photos_per_enrolment: usize,
     /// On SIGTERM or Ctrl-C: how long calls in flight may take to finish before the server exits.
     pub shutdown_grace_ms: u64,
+    /// Check-in frames (unary or streamed) one kiosk credential may send per minute, and in a burst;
+    /// beyond them: RESOURCE_EXHAUSTED, nothing analysed.
+    pub kiosk_frames_per_minute: u32,
+    pub kiosk_frame_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -319,6 +323,9 @@ impl Settings {
                 why: why.to_string(),
             })
         };
+        if self.limits.kiosk_frames_per_minute == 0 || self.limits.kiosk_frame_burst == 0 {
+            return bad("limits.kiosk_frames_per_minute / kiosk_frame_burst", "must be positive");
+        }
         let p = &self.policy;
         let unit = |x: f32| (-1.0..=1.0).contains(&x);
         if ![

@@ -139,6 +139,10 @@ pub mod server {
         let mut s = Settings::load_from(None, std::iter::empty()).expect("defaults");
         s.data_dir = data_dir.to_path_buf();
         s.health.issuer_public_keys = vec![issuer_key.to_string()];
+        // The suite sends a whole day's guests through one kiosk credential as fast as it can; the
+        // per-kiosk frame limit has its own test.
+        s.limits.kiosk_frames_per_minute = 1_000_000;
+        s.limits.kiosk_frame_burst = 100_000;
         tweak(&mut s);
         let tokens = tokens.unwrap_or_else(|| Tokens {
             kiosk: new_token(),

@@ -206,6 +206,7 @@ impl App {
     ) -> Result<(Evaluated, Option<Evaluated>)> {
         let started = Instant::now();
         let property = caller.kiosk_property()?.to_string();
+        self.take_frame(caller)?;
         session.frame(code);
         let analysis = self.with_analyser(move |v| v.analyse(&photo)).await?;
         let (today, now) = (today(), now_ms());

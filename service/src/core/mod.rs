@@ -160,6 +160,8 @@ pub struct App {
     models: ModelIds,
     /// Flips to true when the server shuts down, so long-lived streams end and let it finish.
     shutdown: watch::Sender<bool>,
+    /// Check-in frames per kiosk credential (a token bucket per kiosk).
+    frames: governor::DefaultKeyedRateLimiter<String>,
 }
 
 impl App {
@@ -186,6 +188,12 @@ impl App {
         let (reviews, _) = broadcast::channel(256);
         let analyses = Arc::new(Semaphore::new(settings.limits.max_concurrent_analyses));
         let (shutdown, _) = watch::channel(false);
+        let l = &settings.limits;
+        let quota = std::num::NonZeroU32::new(l.kiosk_frames_per_minute)
+            .zip(std::num::NonZeroU32::new(l.kiosk_frame_burst))
+            .map(|(rate, burst)| governor::Quota::per_minute(rate).allow_burst(burst))
+            .ok_or_else(|| anyhow::anyhow!("limits.kiosk_frames_per_minute and kiosk_frame_burst must be positive"))?;
+        let frames = governor::RateLimiter::keyed(quota);
         Ok(App {
             settings,
             analyser,
@@ -196,6 +204,7 @@ impl App {
             analyses,
             models,
             shutdown,
+            frames,
         })
     }
 
@@ -210,6 +219,17 @@ impl App {
         v.decode.max_bytes = settings.limits.max_message_bytes;
         v.liveness_max_face_px = settings.policy.liveness_max_face_px;
         v
+    }
+
+    /// Takes one check-in frame from the kiosk's token bucket; `Busy` (RESOURCE_EXHAUSTED) when it
+    /// is empty, before anything is decoded.
+    fn take_frame(&self, caller: &Caller) -> Result<()> {
+        self.frames.check_key(&caller.id).map_err(|_| {
+            AppError::Busy(format!(
+                "kiosk {} is sending frames faster than its limit; wait a moment",
+                caller.id
+            ))
+        })
     }
 
     /// Ends every long-lived stream (the server is shutting down).

@@ -1155,3 +1155,42 @@ async fn stopping_says_not_serving_first_ends_streams_and_returns() {
         .unwrap();
     assert!(t.elapsed().as_secs_f64() < 8.0);
 }
+
+/// A kiosk that sends frames faster than its limit gets RESOURCE_EXHAUSTED before anything is
+/// decoded; another kiosk is not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kiosk_over_its_frame_rate_is_resource_exhausted_alone() {
+    let Some(s) = start_with(&scratch_dir("rate"), &public_key_b64(&issuer()), None, |st| {
+        st.limits.kiosk_frames_per_minute = 1;
+        st.limits.kiosk_frame_burst = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let garbage = || pv::CheckInRequest {
+        photo: b"not a photo".to_vec(),
+        ..Default::default()
+    };
+    let mut kiosk = s.kiosk().await;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(kiosk.check_in(garbage()).await.unwrap_err().code());
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::InvalidArgument,
+            Code::InvalidArgument,
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::ResourceExhausted
+        ]
+    );
+    let mut other = lobby_kiosk_client::kiosk(s.channel().await, &s.tokens.other_kiosk).unwrap();
+    assert_eq!(
+        other.check_in(garbage()).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    s.stop().await;
+}
