@@ -10,6 +10,7 @@ pub mod geometry;
 pub mod liveness;
 pub mod mask_detect;
 pub mod mask_render;
+mod plan_cache;
 pub mod quality;
 mod runtime;
 pub mod second;
