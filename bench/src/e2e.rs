@@ -224,9 +224,8 @@ pub fn summarise(attempts: &[&Attempt]) -> Value {
                 .iter()
                 .map(|x| {
                     format!(
-                        "{}{}[{}]",
+                        "{}[{}]",
                         lobby_kiosk_client::outcome_name(x.outcome),
-                        if x.masked { " masked" } else { "" },
                         lobby_kiosk_client::reason_names(&x.reasons).join(",")
                     )
                 })

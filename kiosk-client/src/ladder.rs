@@ -134,21 +134,9 @@ pub async fn drive(
             .first()
             .and_then(|r| pv::Reason::try_from(*r).ok())
             .filter(|r| is_step(*r));
-        let code_not_found = retry && a.reasons.first() == Some(&(pv::Reason::ReservationNotFound as i32));
         run.answers.push(a);
         if !retry {
             return Ok(run);
-        }
-        if code_not_found {
-            // The code names no reservation: the guest is asked again; the same code again (or
-            // none) means they have no other, and they go to the desk.
-            let rejected = code.take();
-            code = guest.reservation_code().filter(|c| Some(c) != rejected.as_ref());
-            if code.is_none() {
-                run.closed_by_kiosk = true;
-                tx = None;
-            }
-            continue;
         }
         if let Some(step) = step {
             if run.steps.last() != Some(&step) {

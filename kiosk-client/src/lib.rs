@@ -41,13 +41,60 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Authed = InterceptedService<Channel, Bearer>;
 
+/// Plaintext (loopback); see [`connect_with`] for TLS.
 pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    connect_with(addr, &Tls::default()).await
+}
+
+/// TLS to the server: the CA that signed the server's certificate, and for mutual TLS the client's
+/// own certificate and key (a kiosk's names it: `urn:lobby:kiosk:<property>:<kiosk id>`). PEM files.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry, when it is not the address's host.
+    pub domain: Option<String>,
+}
+
+impl Tls {
+    pub fn enabled(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some()
+    }
+
+    fn config(&self) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        use anyhow::Context;
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let ca = self
+            .ca
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("TLS needs --ca: the CA certificate that signed the server's"))?;
+        let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => c = c.identity(Identity::from_pem(read(cert)?, read(key)?)),
+            (None, None) => {}
+            _ => anyhow::bail!("a client certificate needs both --cert and --key"),
+        }
+        if let Some(d) = &self.domain {
+            c = c.domain_name(d.clone());
+        }
+        Ok(c)
+    }
+}
+
+pub async fn connect_with(addr: &str, tls: &Tls) -> anyhow::Result<Channel> {
+    let scheme = if tls.enabled() { "https" } else { "http" };
     let addr = if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
-    Ok(Endpoint::from_shared(addr)?.connect().await?)
+    let mut e = Endpoint::from_shared(addr)?;
+    if tls.enabled() {
+        e = e.tls_config(tls.config()?)?;
+    }
+    Ok(e.connect().await?)
 }
 
 pub fn kiosk(ch: Channel, token: &str) -> anyhow::Result<KioskServiceClient<Authed>> {

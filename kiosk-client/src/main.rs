@@ -2,7 +2,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lobby_kiosk_client::ladder::ScriptedGuest;
-use lobby_kiosk_client::{connect, kiosk, proto as pv, reservations, staff};
+use lobby_kiosk_client::{connect_with, kiosk, proto as pv, reservations, staff, Tls};
 use std::path::{Path, PathBuf};
 use tokio_stream::StreamExt;
 
@@ -27,6 +27,18 @@ struct Cli {
     /// File holding the token (first line, or the line `ROLE=TOKEN` for this role).
     #[arg(long, global = true, env = "LOBBY_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// TLS: the CA certificate (PEM) that signed the server's; connects with https.
+    #[arg(long, global = true, env = "LOBBY_CA")]
+    ca: Option<PathBuf>,
+    /// Mutual TLS: this client's certificate (PEM), e.g. the kiosk's.
+    #[arg(long, global = true, env = "LOBBY_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Mutual TLS: this client's private key (PEM).
+    #[arg(long, global = true, env = "LOBBY_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// The name on the server's certificate, when it differs from the address's host.
+    #[arg(long, global = true, env = "LOBBY_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -202,7 +214,13 @@ fn photo_files(dir: &Path) -> Result<Vec<PathBuf>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let ch = connect(&cli.addr)
+    let tls = Tls {
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        domain: cli.tls_domain.clone(),
+    };
+    let ch = connect_with(&cli.addr, &tls)
         .await
         .with_context(|| format!("connecting to {}", cli.addr))?;
     match &cli.cmd {

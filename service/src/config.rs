@@ -22,6 +22,48 @@ pub struct Settings {
     pub health: HealthSettings,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// TLS on the gRPC listener. Without `cert` and `key` the server speaks plaintext, which it does
+/// only on a loopback address unless started with `--insecure-plaintext`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server (keep it mode 0600).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign client certificates (mutual TLS). Set: a client may present a
+    /// certificate, and one that does not chain to this CA is refused in the handshake.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: every kiosk call must come over a connection whose client certificate names
+    /// that kiosk (`urn:lobby:kiosk:<property>:<kiosk id>`).
+    #[serde(default)]
+    pub require_kiosk_cert: bool,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// Who may use gRPC reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reflection {
+    /// Not served (UNIMPLEMENTED).
+    Off,
+    /// Any valid credential.
+    #[default]
+    Authenticated,
+    /// Anyone who can connect.
+    Open,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -52,6 +94,13 @@ pub struct Limits {
     /// beyond them: RESOURCE_EXHAUSTED, nothing analysed.
     pub kiosk_frames_per_minute: u32,
     pub kiosk_frame_burst: u32,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Long-lived streams (check-in and review streams) one credential may have open at once;
+    /// another is RESOURCE_EXHAUSTED.
+    pub max_streams_per_caller: u32,
+    /// A check-in stream ends after this long, however many frames it sent.
+    pub check_in_stream_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -165,8 +214,6 @@ pub struct Ladder {
     /// A frame joins the frames fused so far only if its cosine with every one of them reaches this
     /// (the same person); otherwise fusion starts again from it.
     pub same_person_min: f32,
-    /// Codes naming no reservation that a stream may type again before the desk.
-    pub max_unknown_codes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -186,6 +233,15 @@ pub struct AuthSettings {
     pub token_files: Vec<PathBuf>,
     #[serde(default)]
     pub tokens: Vec<TokenEntry>,
+    /// How often issued credentials (`lobby-server credentials ...`) are re-read from the store.
+    #[serde(default = "default_reload_ms")]
+    pub reload_ms: u64,
+    #[serde(default)]
+    pub reflection: Reflection,
+}
+
+fn default_reload_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -202,6 +258,15 @@ impl Role {
             Role::Kiosk => "kiosk",
             Role::Staff => "staff",
             Role::Enroller => "enroller",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "kiosk" => Some(Role::Kiosk),
+            "staff" => Some(Role::Staff),
+            "enroller" => Some(Role::Enroller),
+            _ => None,
         }
     }
 }
@@ -300,6 +365,11 @@ impl Settings {
         Ok(s)
     }
 
+    /// The SQLite store file in the data directory.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("lobby.sqlite3")
+    }
+
     pub fn model_dir(&self) -> PathBuf {
         if self.models.dir.is_empty() {
             self.data_dir.join("models")
@@ -323,6 +393,15 @@ impl Settings {
                 why: why.to_string(),
             })
         };
+        if self.limits.max_streams_per_connection == 0
+            || self.limits.max_streams_per_caller == 0
+            || self.limits.check_in_stream_secs == 0
+        {
+            return bad(
+                "limits.max_streams_per_connection / max_streams_per_caller / check_in_stream_secs",
+                "must be positive",
+            );
+        }
         if self.limits.kiosk_frames_per_minute == 0 || self.limits.kiosk_frame_burst == 0 {
             return bad("limits.kiosk_frames_per_minute / kiosk_frame_burst", "must be positive");
         }
@@ -438,6 +517,22 @@ impl Settings {
         }
         if self.health.qr_max_age_secs <= 0 {
             return bad("health.qr_max_age_secs", "must be positive");
+        }
+        if self.auth.reload_ms == 0 {
+            return bad("auth.reload_ms", "must be positive");
+        }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            return bad("tls.cert / tls.key", "give both or neither");
+        }
+        if t.client_ca.is_some() && !t.enabled() {
+            return bad("tls.client_ca", "mutual TLS needs tls.cert and tls.key");
+        }
+        if t.require_kiosk_cert && t.client_ca.is_none() {
+            return bad(
+                "tls.require_kiosk_cert",
+                "needs tls.client_ca to verify kiosk certificates",
+            );
         }
         for t in &self.auth.tokens {
             if t.sha256.len() != 64 || hex::decode(&t.sha256).is_err() {

@@ -1,10 +1,11 @@
 //! `lobby-server`: the Lobby check-in service.
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use lobby_service::auth::{bootstrap_credentials, parse_token_file, Credentials};
-use lobby_service::config::Settings;
-use lobby_service::core::App;
-use lobby_service::server::run;
+use lobby_service::config::{Role, Settings};
+use lobby_service::core::{credentials, App};
+use lobby_service::server::{check_transport, run};
+use lobby_service::store::{SqliteStore, Store};
 use lobby_service::vision::Vision;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,54 @@ struct Args {
     /// Data directory: the SQLite store, installed models, credentials [default lobby-data].
     #[arg(long, env = "LOBBY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback address (tokens, photos and health QRs in the clear).
+    /// Without it the server refuses to start there unless TLS is configured.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage issued credentials in the store; a running server picks changes up within
+    /// auth.reload_ms, without a restart.
+    #[command(subcommand)]
+    Credentials(CredentialsCmd),
+}
+
+#[derive(Subcommand)]
+enum CredentialsCmd {
+    /// Issue a token for a role, a holder (a named person, kiosk or system) and a property scope;
+    /// prints the token once (only its sha256 is stored).
+    Add {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Who holds it: recorded as the caller in decisions, overrides and the audit trail.
+        #[arg(long)]
+        holder: String,
+        /// The property it is limited to (required for kiosks).
+        #[arg(long)]
+        property: Option<String>,
+        /// Valid for this many hours (default: until revoked).
+        #[arg(long)]
+        expires_in_hours: Option<u32>,
+        /// Who is issuing it, for the audit trail.
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
+    /// Every issued credential: token id, holder, role, property, created, expires, revoked.
+    List,
+    /// Revoke a credential by its token id (the part after `lby_`, before the second `_`).
+    Revoke {
+        token_id: String,
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("{s:?}: use kiosk, staff or enroller"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,16 +85,86 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(Args::parse()))
+        .block_on(start(Args::parse()))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn start(mut args: Args) -> anyhow::Result<()> {
     let mut settings = Settings::load(args.config.as_deref())?;
     if let Some(l) = args.listen {
         settings.listen = l;
     }
-    if let Some(d) = args.data_dir {
+    if let Some(d) = args.data_dir.take() {
         settings.data_dir = d;
+    }
+    match args.command.take() {
+        Some(Command::Credentials(c)) => manage_credentials(&settings, c).await,
+        None => serve(args, settings).await,
+    }
+}
+
+async fn manage_credentials(settings: &Settings, cmd: CredentialsCmd) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&settings.store_path())?;
+    let fmt_ms = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%dT%H:%MZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    match cmd {
+        CredentialsCmd::Add {
+            role,
+            holder,
+            property,
+            expires_in_hours,
+            by,
+        } => {
+            let expires = expires_in_hours.map(|h| credentials_now() + i64::from(h) * 3_600_000);
+            let (token, row) = credentials::add(&store, role, &holder, property.as_deref(), expires, &by).await?;
+            eprintln!(
+                "issued {} for {} ({}, property {}, expires {}); the token is shown only now:",
+                row.token_id,
+                row.holder,
+                row.role.as_str(),
+                row.property.as_deref().unwrap_or("any"),
+                fmt_ms(row.expires_at_ms)
+            );
+            println!("{token}");
+        }
+        CredentialsCmd::List => {
+            println!("token_id\tholder\trole\tproperty\tcreated\texpires\trevoked");
+            for r in store.credentials().await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    r.token_id,
+                    r.holder,
+                    r.role.as_str(),
+                    r.property.as_deref().unwrap_or("-"),
+                    fmt_ms(Some(r.created_at_ms)),
+                    fmt_ms(r.expires_at_ms),
+                    fmt_ms(r.revoked_at_ms)
+                );
+            }
+        }
+        CredentialsCmd::Revoke { token_id, by } => {
+            let r = credentials::revoke(&store, &token_id, &by).await?;
+            eprintln!(
+                "revoked {} ({} {}); a running server refuses it within auth.reload_ms",
+                r.token_id,
+                r.role.as_str(),
+                r.holder
+            );
+        }
+    }
+    Ok(())
+}
+
+fn credentials_now() -> i64 {
+    lobby_service::core::now_ms()
+}
+
+async fn serve(args: Args, settings: Settings) -> anyhow::Result<()> {
+    check_transport(settings.listen, &settings.tls, args.insecure_plaintext).map_err(anyhow::Error::msg)?;
+    if !settings.tls.enabled() && !settings.listen.ip().is_loopback() {
+        tracing::warn!(addr = %settings.listen, "--insecure-plaintext: bearer tokens, face photos and health QRs cross the network in the clear");
     }
     let creds = load_credentials(&settings)?;
     let model_dir = settings.model_dir();
@@ -58,12 +177,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "lobby-server listening");
+    tracing::info!(addr = %listener.local_addr()?, tls = settings_tls(&app), "lobby-server listening");
     let shutdown = async {
         stop_signal().await;
         tracing::info!("shutting down");
     };
     run(listener, shutdown, app, Arc::new(creds)).await
+}
+
+fn settings_tls(app: &App) -> &'static str {
+    let t = &app.settings().tls;
+    match (t.enabled(), t.client_ca.is_some()) {
+        (false, _) => "off (plaintext)",
+        (true, false) => "on",
+        (true, true) => "on, client certificates verified (mutual TLS)",
+    }
 }
 
 /// SIGTERM (a service manager's stop) or Ctrl-C, whichever comes first.

@@ -2,14 +2,63 @@
 //! future completes (tests bind `127.0.0.1:0`).
 
 use crate::api::{FrontDesk, Kiosk, Reservations};
-use crate::auth::{AuthLayer, Credentials};
+use crate::auth::{AuthLayer, AuthPolicy, Credentials};
+use crate::config::{Reflection, TlsSettings};
 use crate::core::App;
 use lobby_proto::v1 as pv;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::{server::TcpIncoming, Server};
+use tonic::transport::{server::TcpIncoming, Certificate, Identity, Server, ServerTlsConfig};
+
+/// The listener's TLS from the settings' PEM files; `None` for plaintext.
+pub fn tls_config(t: &TlsSettings) -> anyhow::Result<Option<ServerTlsConfig>> {
+    use anyhow::Context;
+    let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut c = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &t.client_ca {
+        // Optional at the handshake (staff and reservation systems may have none); a certificate
+        // that is presented must chain to this CA. Kiosks can be made to need one (auth layer).
+        c = c
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(c))
+}
+
+/// Plaintext is for loopback: bearer tokens, face photos and health QRs must not cross a network in
+/// the clear. Anywhere else it needs TLS, or the operator's explicit `--insecure-plaintext`.
+pub fn check_transport(listen: SocketAddr, tls: &TlsSettings, insecure_plaintext: bool) -> Result<(), String> {
+    if tls.enabled() || listen.ip().is_loopback() || insecure_plaintext {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to listen on {listen} without TLS: set tls.cert and tls.key (see README), or pass \
+             --insecure-plaintext to send tokens and photos in the clear on purpose"
+        ))
+    }
+}
+
+/// Re-reads the issued credentials every `auth.reload_ms` (additions and revocations without a restart).
+async fn reload_credentials(app: Arc<App>, creds: Arc<Credentials>) {
+    let every = Duration::from_millis(app.settings().auth.reload_ms);
+    loop {
+        match app.issued_credentials().await {
+            Ok(rows) => match creds.set_issued(&rows) {
+                Ok(true) => tracing::info!(issued = rows.len(), "credentials reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "stored credentials unusable; keeping the previous ones"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot read the stored credentials; keeping the previous ones"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
 
 /// The health check's names: the server as a whole (""), then each service.
 const SERVICES: [&str; 4] = [
@@ -30,16 +79,32 @@ pub async fn run(
     creds: Arc<Credentials>,
 ) -> anyhow::Result<()> {
     let limits = app.settings().limits.clone();
+    let tls = tls_config(&app.settings().tls)?;
+    let policy = AuthPolicy {
+        reflection: app.settings().auth.reflection,
+        require_kiosk_cert: app.settings().tls.require_kiosk_cert,
+    };
+    // Issued credentials are usable from the first call, then kept current.
+    if let Ok(rows) = app.issued_credentials().await {
+        creds.set_issued(&rows).map_err(anyhow::Error::msg)?;
+    }
+    let reloader = tokio::spawn(reload_credentials(app.clone(), creds.clone()));
+    let _reloader = AbortOnDrop(reloader);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for name in SERVICES {
         health_reporter
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pv::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = match policy.reflection {
+        Reflection::Off => None,
+        _ => Some(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pv::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        ),
+    };
     let max = limits.max_message_bytes;
     let reservations = pv::reservation_service_server::ReservationServiceServer::new(Reservations(app.clone()))
         .max_decoding_message_size(max)
@@ -52,11 +117,16 @@ pub async fn run(
         .max_encoding_message_size(max);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping_health = health_reporter.clone();
-    let serve = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let serve = builder
         .timeout(Duration::from_millis(limits.request_timeout_ms))
-        .layer(AuthLayer::new(creds))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .layer(AuthLayer::new(creds, policy))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_optional_service(reflection)
         .add_service(reservations)
         .add_service(kiosk)
         .add_service(front_desk)
@@ -89,4 +159,12 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

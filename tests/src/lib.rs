@@ -191,6 +191,17 @@ pub mod server {
         pub async fn kiosk(&self) -> client::proto::kiosk_service_client::KioskServiceClient<client::Authed> {
             client::kiosk(self.channel().await, &self.tokens.kiosk).unwrap()
         }
+        /// What staff see of a decision (everything the kiosk is not told).
+        pub async fn record(&self, decision_id: &str) -> client::proto::DecisionRecord {
+            self.staff()
+                .await
+                .get_decision(client::proto::GetDecisionRequest {
+                    decision_id: decision_id.to_string(),
+                })
+                .await
+                .expect("the decision is recorded")
+                .into_inner()
+        }
         pub async fn staff(&self) -> client::proto::front_desk_service_client::FrontDeskServiceClient<client::Authed> {
             client::staff(self.channel().await, &self.tokens.staff).unwrap()
         }

@@ -106,26 +106,7 @@ struct Level {
     ok: usize,
     errors: BTreeMap<String, usize>,
     lat_ms: Vec<f64>,
-    /// The server's own time for each answered check-in (`timings.total_ms`: analysis, search and
-    /// decision, without transport, queueing and the audited write), when it reports one.
-    server_ms: Vec<f64>,
-    /// The server's per-stage times (`timings`), stage by stage, for the same check-ins.
-    stage_ms: BTreeMap<&'static str, Vec<f64>>,
     secs: f64,
-}
-
-/// The stages of `timings`, in pipeline order.
-fn stages(t: &pv::StageTimings) -> [(&'static str, f64); 8] {
-    [
-        ("decode", t.decode_ms),
-        ("detect", t.detect_ms),
-        ("quality", t.quality_ms),
-        ("liveness", t.liveness_ms),
-        ("align", t.align_ms),
-        ("embed", t.embed_ms),
-        ("search", t.search_ms),
-        ("decide", t.decide_ms),
-    ]
 }
 
 async fn run_level(args: &Args, frames: Arc<Vec<Vec<u8>>>, n: usize, secs: f64) -> Result<Level> {
@@ -140,8 +121,7 @@ async fn run_level(args: &Args, frames: Arc<Vec<Vec<u8>>>, n: usize, secs: f64) 
     for (w, mut c) in clients.into_iter().enumerate() {
         let frames = frames.clone();
         tasks.push(tokio::spawn(async move {
-            let (mut lat, mut server) = (Vec::new(), Vec::new());
-            let mut per_stage: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+            let mut lat = Vec::new();
             let mut errors: BTreeMap<String, usize> = BTreeMap::new();
             let mut i = w * 7;
             while Instant::now() < end {
@@ -155,19 +135,11 @@ async fn run_level(args: &Args, frames: Arc<Vec<Vec<u8>>>, n: usize, secs: f64) 
                     })
                     .await;
                 match r {
-                    Ok(r) => {
-                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                        if let Some(t) = r.into_inner().timings.filter(|t| t.total_ms > 0.0) {
-                            server.push(t.total_ms);
-                            for (stage, ms) in stages(&t) {
-                                per_stage.entry(stage).or_default().push(ms);
-                            }
-                        }
-                    }
+                    Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1000.0),
                     Err(s) => *errors.entry(format!("{:?}", s.code())).or_default() += 1,
                 }
             }
-            (lat, server, per_stage, errors)
+            (lat, errors)
         }));
     }
     let mut level = Level {
@@ -175,18 +147,12 @@ async fn run_level(args: &Args, frames: Arc<Vec<Vec<u8>>>, n: usize, secs: f64) 
         ok: 0,
         errors: BTreeMap::new(),
         lat_ms: Vec::new(),
-        server_ms: Vec::new(),
-        stage_ms: BTreeMap::new(),
         secs: 0.0,
     };
     for t in tasks {
-        let (lat, server, per_stage, errors) = t.await?;
-        for (stage, ms) in per_stage {
-            level.stage_ms.entry(stage).or_default().extend(ms);
-        }
+        let (lat, errors) = t.await?;
         level.ok += lat.len();
         level.lat_ms.extend(lat);
-        level.server_ms.extend(server);
         for (k, v) in errors {
             *level.errors.entry(k).or_default() += v;
         }
@@ -206,13 +172,12 @@ async fn main() -> Result<()> {
     }
     let mut rows = Vec::new();
     let mut table = format!(
-        "{}: closed loop, {} kiosk frames, {} s per level.\n\n| kiosks | check-ins/s | p50 ms | p95 ms | p99 ms | server p50 ms | ok | errors |\n|---|---|---|---|---|---|---|---|\n",
+        "{}: closed loop, {} kiosk frames, {} s per level.\n\n| kiosks | check-ins/s | p50 ms | p95 ms | p99 ms | ok | errors |\n|---|---|---|---|---|---|---|\n",
         args.label,
         frames.len(),
         args.duration
     );
     let mut best: Option<(usize, f64)> = None;
-    let mut stage_lines = String::new();
     for &n in &args.concurrency {
         run_level(&args, frames.clone(), n, 2.0).await?; // warm-up
         let l = run_level(&args, frames.clone(), n, args.duration).await?;
@@ -223,11 +188,9 @@ async fn main() -> Result<()> {
             percentile(&l.lat_ms, 99.0),
         );
         let errs: usize = l.errors.values().sum();
-        let server_p50 = (!l.server_ms.is_empty()).then(|| percentile(&l.server_ms, 50.0));
         let line = format!(
-            "| {} | {tput:.1} | {p50:.1} | {p95:.1} | {p99:.1} | {} | {} | {} |\n",
+            "| {} | {tput:.1} | {p50:.1} | {p95:.1} | {p99:.1} | {} | {} |\n",
             l.concurrency,
-            server_p50.map_or("-".to_string(), |v| format!("{v:.1}")),
             l.ok,
             if errs == 0 {
                 "0".to_string()
@@ -237,17 +200,12 @@ async fn main() -> Result<()> {
         );
         eprint!("{line}");
         table.push_str(&line);
-        let stage_p50: BTreeMap<&str, f64> = l.stage_ms.iter().map(|(k, v)| (*k, percentile(v, 50.0))).collect();
-        if !stage_p50.is_empty() {
-            let cells: Vec<String> = stage_p50.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
-            stage_lines.push_str(&format!("| {} | {} |\n", l.concurrency, cells.join(", ")));
-        }
         if p99 <= args.p99_limit_ms && errs == 0 && best.is_none_or(|b| tput > b.1) {
             best = Some((n, tput));
         }
         rows.push(
             json!({"concurrency": n, "throughput": tput, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
-                          "server_p50_ms": server_p50, "server_stage_p50_ms": stage_p50, "ok": l.ok, "errors": l.errors}),
+                          "ok": l.ok, "errors": l.errors}),
         );
     }
     let verdict = match best {
@@ -258,10 +216,6 @@ async fn main() -> Result<()> {
         None => format!("\nNo level kept p99 <= {} ms without errors.\n", args.p99_limit_ms),
     };
     table.push_str(&verdict);
-    if !stage_lines.is_empty() {
-        table.push_str("\nThe server's own time per stage (`timings`), p50 ms:\n\n| kiosks | stages |\n|---|---|\n");
-        table.push_str(&stage_lines);
-    }
     println!("{table}");
     let report = json!({"label": args.label, "levels": rows,
         "best": best.map(|(n, t)| json!({"concurrency": n, "throughput": t})),

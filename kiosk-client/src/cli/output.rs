@@ -17,29 +17,10 @@ pub fn print_checkin(r: &pv::CheckInResponse) {
     if !r.reservation_code.is_empty() {
         println!("reservation {}", r.reservation_code);
     }
-    println!("match     {:.3} (threshold {:.3})", r.match_score, r.match_threshold);
-    println!(
-        "liveness  {:.3} (threshold {:.3}, live: {})",
-        r.liveness_score, r.liveness_threshold, r.live
-    );
-    println!(
-        "mask      {} (p {:.3})",
-        if r.masked { "masked" } else { "none" },
-        r.mask_score
-    );
-    if let Some(h) = &r.health_used {
+    if let Some(q) = &r.quality {
         println!(
-            "health    {} ({})",
-            pv::HealthColour::try_from(h.colour)
-                .map(|c| c.as_str_name())
-                .unwrap_or("?"),
-            h.source
-        );
-    }
-    if let Some(t) = &r.timings {
-        println!(
-            "timings   decode {:.1} detect {:.1} quality {:.1} liveness {:.1} align {:.1} embed {:.1} search {:.1} decide {:.1} total {:.1} ms",
-            t.decode_ms, t.detect_ms, t.quality_ms, t.liveness_ms, t.align_ms, t.embed_ms, t.search_ms, t.decide_ms, t.total_ms
+            "quality   face {:.0} px, sharpness {:.0}, brightness {:.0}, yaw {:.0} pitch {:.0} roll {:.0}",
+            q.face_size_px, q.sharpness, q.brightness, q.yaw_deg, q.pitch_deg, q.roll_deg
         );
     }
 }

@@ -2,7 +2,7 @@
 //! answers, `TryFrom` (validating) for what callers send.
 
 use super::validate::{bad, date, ident, text};
-use crate::core::{AppError, CheckIn, Evaluated, PhotoOutcome};
+use crate::core::{policy, AppError, CheckIn, Evaluated, PhotoOutcome};
 use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step};
 use crate::store::{DecisionRow, ReservationInput, ReservationView};
 use crate::vision::Quality;
@@ -226,37 +226,16 @@ pub fn photo_result(i: usize, o: &PhotoOutcome) -> pv::PhotoResult {
 }
 
 /// A check-in's answer to the kiosk: a recorded decision (`id`), or stream guidance (no id).
-pub fn check_in_response(id: &str, e: &Evaluated, total_ms: f64, liveness_threshold: f32) -> pv::CheckInResponse {
-    let d = &e.decision;
-    let a = &e.analysis;
-    let t = a.timings;
-    let primary = a.primary.as_ref();
+/// A check-in's answer to the kiosk: only what the kiosk's view allows (`policy::kiosk_view`).
+pub fn check_in_response(id: &str, e: &Evaluated) -> pv::CheckInResponse {
+    let v = policy::kiosk_view(&e.decision);
+    let primary = e.analysis.primary.as_ref();
     pv::CheckInResponse {
         decision_id: id.to_string(),
-        outcome: pv::Outcome::from(d.outcome) as i32,
-        reasons: d.reasons.iter().map(|r| pv::Reason::from(*r) as i32).collect(),
-        guest_message: d.guest_message.clone(),
-        match_score: d.score,
-        match_threshold: d.threshold,
-        // The reservation is named only when the face matched it.
-        reservation_code: d.reservation.as_ref().map(|r| r.code.clone()).unwrap_or_default(),
-        live: d.live,
-        liveness_score: e.p_real,
-        liveness_threshold,
-        masked: primary.is_some_and(|p| p.mask.masked),
-        mask_score: primary.map(|p| p.mask.p_masked).unwrap_or(0.0),
-        health_used: d.health_used.as_ref().map(Into::into),
-        timings: Some(pv::StageTimings {
-            decode_ms: t.decode_ms,
-            detect_ms: t.detect_ms,
-            quality_ms: t.quality_ms,
-            liveness_ms: t.liveness_ms,
-            align_ms: t.align_ms,
-            embed_ms: t.embed_ms,
-            search_ms: e.search_ms + e.second_ms,
-            decide_ms: e.decide_ms,
-            total_ms,
-        }),
+        outcome: pv::Outcome::from(v.outcome) as i32,
+        reasons: v.reasons.iter().map(|r| pv::Reason::from(*r) as i32).collect(),
+        guest_message: v.guest_message,
+        reservation_code: v.reservation_code.unwrap_or_default(),
         face: primary.map(|p| pv::FaceBox {
             x: p.face.bbox.x,
             y: p.face.bbox.y,
@@ -269,8 +248,8 @@ pub fn check_in_response(id: &str, e: &Evaluated, total_ms: f64, liveness_thresh
 }
 
 /// A recorded check-in's answer.
-pub fn recorded_response(c: &CheckIn, liveness_threshold: f32) -> pv::CheckInResponse {
-    check_in_response(&c.id, &c.eval, c.total_ms, liveness_threshold)
+pub fn recorded_response(c: &CheckIn) -> pv::CheckInResponse {
+    check_in_response(&c.id, &c.eval)
 }
 
 impl From<&DecisionRow> for pv::DecisionRecord {
@@ -305,4 +284,9 @@ impl From<&DecisionRow> for pv::DecisionRecord {
             cascade_threshold: d.cascade.map(|c| c.1).unwrap_or(0.0),
         }
     }
+}
+
+/// The token of the page after `last` (`validate::page_token` reads it).
+pub fn page_token(last: &DecisionRow) -> String {
+    format!("{}.{}", last.created_at_ms, last.id)
 }

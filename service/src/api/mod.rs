@@ -2,12 +2,12 @@
 //! converted ([`convert`]) into the core's types, the core decides, and its answer is converted
 //! back. Every error becomes a status in one place ([`status`]), through `?`.
 
-mod convert;
+pub(crate) mod convert;
 mod status;
-mod validate;
+pub(crate) mod validate;
 
 use crate::auth::caller;
-use crate::core::{App, CheckInStream, Consent, StreamAnswer};
+use crate::core::{App, Consent, FeedEnd, StreamAnswer, REVIEW_PAGE};
 use crate::domain::HealthRecord;
 use crate::store::ReservationInput;
 use convert::{check_in_response, override_action, photo_result, recorded_response};
@@ -135,10 +135,7 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
         let r = req.into_inner();
         validate::check_in_frame(&r)?;
         let done = self.0.check_in(&c, r.photo, &r.reservation_code, &r.health_qr).await?;
-        Ok(Response::new(recorded_response(
-            &done,
-            self.0.settings().policy.liveness_threshold,
-        )))
+        Ok(Response::new(recorded_response(&done)))
     }
 
     type CheckInStreamStream = RespStream<pv::CheckInResponse>;
@@ -150,14 +147,24 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
         let c = caller(&req)?;
         let mut frames = req.into_inner();
         let app = self.0.clone();
-        let liveness_threshold = app.settings().policy.liveness_threshold;
+        let mut stream = app.open_check_in_stream(&c)?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let mut stream = CheckInStream::new();
+            let mut timed_out = false;
             // Every way out of the loop goes through `end_stream`, which decides what the stream
             // leaves on record (the core's rule).
-            while let Some(frame) = frames.next().await {
-                let Ok(frame) = frame else { break }; // the kiosk went away
+            loop {
+                if stream.out_of_frames(&app.settings().ladder) {
+                    break; // the ladder decides at its last frame; nothing more is read
+                }
+                let frame = match tokio::time::timeout_at(stream.deadline, frames.next()).await {
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(_) => break, // the kiosk closed its side or went away
+                    Err(_) => {
+                        timed_out = true;
+                        break;
+                    }
+                };
                 if let Err(e) = validate::check_in_frame(&frame) {
                     let _ = tx.send(Err(e.into())).await;
                     break;
@@ -166,9 +173,9 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
                     .stream_frame(&c, &mut stream, frame.photo, &frame.reservation_code, &frame.health_qr)
                     .await;
                 let reply = match answer {
-                    Ok(StreamAnswer::Guidance(e)) => Ok(check_in_response("", &e, 0.0, liveness_threshold)),
+                    Ok(StreamAnswer::Guidance(e)) => Ok(check_in_response("", &e)),
                     Ok(StreamAnswer::Final(done)) => {
-                        let _ = tx.send(Ok(recorded_response(&done, liveness_threshold))).await;
+                        let _ = tx.send(Ok(recorded_response(&done))).await;
                         return;
                     }
                     Err(e) => {
@@ -181,9 +188,17 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
                     break; // nobody reads the answers any more
                 }
             }
+            let secs = app.settings().limits.check_in_stream_secs;
             match app.end_stream(&c, stream).await {
                 Ok(Some(done)) => {
-                    let _ = tx.send(Ok(recorded_response(&done, liveness_threshold))).await;
+                    let _ = tx.send(Ok(recorded_response(&done))).await;
+                }
+                Ok(None) if timed_out => {
+                    let _ = tx
+                        .send(Err(Status::deadline_exceeded(format!(
+                            "a check-in stream lasts at most {secs} s; start again"
+                        ))))
+                        .await;
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -214,13 +229,49 @@ impl pv::front_desk_service_server::FrontDeskService for FrontDesk {
         let mut feed = self.0.review_feed(&c, asked).await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            while let Some(d) = feed.next().await {
-                if tx.send(Ok((&d).into())).await.is_err() {
+            loop {
+                let item = match feed.next().await {
+                    Ok(Ok(d)) => Ok((&d).into()),
+                    Ok(Err(FeedEnd::Shutdown)) => return,
+                    Ok(Err(FeedEnd::Lagged(n))) => Err(Status::unavailable(format!(
+                        "this review stream fell {n} decisions behind; reconnect to get the pending reviews"
+                    ))),
+                    Err(e) => Err(e.into()),
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
                     return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_pending_reviews(
+        &self,
+        req: Request<pv::ListPendingReviewsRequest>,
+    ) -> Result<Response<pv::ListPendingReviewsResponse>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let asked = match r.property_id.as_str() {
+            "" => None,
+            p => Some(ident("property_id", p)?),
+        };
+        let size = match r.page_size {
+            0 => REVIEW_PAGE,
+            n if n as usize <= REVIEW_PAGE => n as usize,
+            _ => return Err(bad(format!("page_size must be 1-{REVIEW_PAGE}")).into()),
+        };
+        let after = validate::page_token(&r.page_token)?;
+        let page = self.0.pending_reviews(&c, asked, after.as_ref(), size).await?;
+        let next_page_token = match page.last() {
+            Some(d) if page.len() == size => convert::page_token(d),
+            _ => String::new(),
+        };
+        Ok(Response::new(pv::ListPendingReviewsResponse {
+            decisions: page.iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 
     async fn override_decision(

@@ -51,6 +51,24 @@ pub fn check_in_frame(r: &lobby_proto::v1::CheckInRequest) -> Result<()> {
     Ok(())
 }
 
+/// A pending-reviews page token (`<created_at_ms>.<decision id>`, as `convert::page_token` makes
+/// it); empty: the first page.
+pub fn page_token(t: &str) -> Result<Option<crate::store::ReviewCursor>> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let parsed = t
+        .split_once('.')
+        .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, ident("page_token", id).ok()?)));
+    match parsed {
+        Some((created_at_ms, id)) => Ok(Some(crate::store::ReviewCursor {
+            created_at_ms,
+            id: id.to_string(),
+        })),
+        None => Err(bad("page_token is not one this server gave")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

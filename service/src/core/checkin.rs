@@ -51,19 +51,20 @@ pub struct CheckIn {
 
 /// A check-in stream's state in the core: the ladder's session, the last guidance given, and the
 /// decision the desk gets if the guest leaves the ladder now.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CheckInStream {
     session: Session,
     last: Option<Evaluated>,
     abandoned: Option<Evaluated>,
+    /// When the stream must end, however many frames it sent (`limits.check_in_stream_secs`).
+    pub deadline: tokio::time::Instant,
+    _slot: super::StreamSlot,
 }
 
 impl CheckInStream {
-    pub fn new() -> CheckInStream {
-        CheckInStream {
-            session: Session::stream(),
-            ..CheckInStream::default()
-        }
+    /// Whether the stream has sent all the frames it may (`ladder.max_frames`).
+    pub fn out_of_frames(&self, s: &crate::config::Ladder) -> bool {
+        self.session.out_of_frames(s)
     }
 }
 
@@ -303,7 +304,6 @@ impl App {
                 return Ok((eval, None));
             }
             Next::Ask(step) => step.reason(),
-            Next::CodeNotFound => Reason::ReservationNotFound,
         };
         let mut desk = eval.clone();
         eval.decision = ask(&decision, reason);
@@ -322,6 +322,19 @@ impl App {
     pub async fn check_in(&self, caller: &Caller, photo: Vec<u8>, code: &str, qr: &str) -> Result<CheckIn> {
         let eval = self.evaluate(caller, photo, code, qr).await?;
         self.record(caller, eval).await
+    }
+
+    /// Opens a check-in stream for a kiosk: a place among its open streams, and a deadline.
+    pub fn open_check_in_stream(&self, caller: &Caller) -> Result<CheckInStream> {
+        caller.kiosk_property()?;
+        Ok(CheckInStream {
+            session: Session::stream(),
+            last: None,
+            abandoned: None,
+            deadline: tokio::time::Instant::now()
+                + std::time::Duration::from_secs(self.settings.limits.check_in_stream_secs),
+            _slot: self.stream_slot(caller)?,
+        })
     }
 
     /// One frame of a check-in stream: guidance (RETRY, not recorded) or the final decision,

@@ -25,8 +25,9 @@
 //! What an attacker could make of it is bounded: a frame joins the fusion only if it is the same
 //! person as every frame already fused (`ladder.same_person_min`, well above the 1:1 threshold), so
 //! one person's match cannot be combined with another's liveness; one stream tries at most one
-//! reservation 1:1 (another code after one was judged ends the ladder at the desk); codes that name
-//! no reservation may be typed again at most `ladder.max_unknown_codes` times.
+//! reservation code (another code after one was given ends the ladder at the desk). A code that names
+//! no reservation is answered exactly like a real code whose guest the face does not match (the
+//! same steps, the same outcome), so the kiosk is no oracle for which codes exist.
 //!
 //! A unary check-in keeps no session: it answers the next step as a RETRY and the kiosk calls again
 //! (a masked face without a code: lower the mask; without a code: show it; with a code: decide).
@@ -144,8 +145,6 @@ pub enum IdentityState {
 pub enum Next {
     /// Answer RETRY, asking this step.
     Ask(Step),
-    /// Answer RETRY: the code was not found; the guest may type it again.
-    CodeNotFound,
     /// Decide now (the policy's decision), the ladder exhausted where identity was not confident.
     Decide,
 }
@@ -165,8 +164,6 @@ pub struct Session {
     masked: Fusion,
     /// Whether the current good frame is masked.
     current_masked: bool,
-    /// Codes given that named no reservation.
-    unknown_codes: u32,
     /// The code a 1:1 comparison was made against, and whether another code came after it.
     judged_code: Option<String>,
     switched_code: bool,
@@ -264,11 +261,10 @@ impl Session {
             return match identity {
                 IdentityState::NotConfident if self.code.is_none() && masked => Next::Ask(Step::LowerMask),
                 IdentityState::NotConfident if self.code.is_none() => Next::Ask(Step::ShowReservation),
-                IdentityState::UnknownCode => Next::CodeNotFound,
                 _ => Next::Decide,
             };
         }
-        if identity != IdentityState::UnknownCode && self.code.is_some() {
+        if self.code.is_some() {
             // The frame was compared 1:1 against this code: the step is answered.
             self.judged_code = self.code.clone();
             if matches!(self.pending, Some((Step::ShowReservation, _))) {
@@ -284,18 +280,11 @@ impl Session {
             IdentityState::Confident if !live && (self.current().len() as u32) < s.liveness_frames => {
                 self.ask(Step::HoldStill)
             }
-            IdentityState::Confident | IdentityState::Final => Next::Decide,
-            IdentityState::UnknownCode => {
-                // The guest may type the code again, a few times; the step in hand stays.
-                self.code = None;
-                self.unknown_codes += 1;
-                if self.unknown_codes <= s.max_unknown_codes {
-                    Next::CodeNotFound
-                } else {
-                    Next::Decide
-                }
-            }
-            IdentityState::NotConfident => {
+            IdentityState::Confident => Next::Decide,
+            IdentityState::Final if self.code.is_none() => Next::Decide,
+            // Not confident, or a code that names no reservation (or one without a usable template):
+            // the same steps either way.
+            IdentityState::NotConfident | IdentityState::UnknownCode | IdentityState::Final => {
                 if masked && (waiting(self, Step::LowerMask) || !self.asked(Step::LowerMask)) {
                     return self.ask(Step::LowerMask);
                 }

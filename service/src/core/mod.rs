@@ -9,6 +9,7 @@ mod analyser;
 mod caller;
 pub mod cascade;
 pub mod checkin;
+pub mod credentials;
 mod enrolment;
 pub mod healthcode;
 pub mod ladder;
@@ -21,7 +22,7 @@ pub use analyser::{Analyser, Enrolment};
 pub use caller::Caller;
 pub use checkin::{CheckIn, CheckInStream, Evaluated, StreamAnswer};
 pub use enrolment::{Consent, PhotoOutcome, Rejection};
-pub use reviews::ReviewFeed;
+pub use reviews::{FeedEnd, ReviewFeed, REVIEW_PAGE};
 
 use crate::config::Settings;
 use crate::domain::TemplateKind;
@@ -162,13 +163,34 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// Check-in frames per kiosk credential (a token bucket per kiosk).
     frames: governor::DefaultKeyedRateLimiter<String>,
+    /// Long-lived streams open per credential holder.
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+/// A place among a caller's open streams (`limits.max_streams_per_caller`), given back on drop.
+#[derive(Debug)]
+pub struct StreamSlot {
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    holder: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.holder) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.holder);
+            }
+        }
+    }
 }
 
 impl App {
     /// Opens the SQLite store in the data directory and builds every property's gallery from the
     /// stored templates.
     pub async fn start(settings: Settings, analyser: Arc<dyn Analyser>) -> anyhow::Result<App> {
-        let store = Arc::new(SqliteStore::open(&settings.data_dir.join("lobby.sqlite3"))?);
+        let store = Arc::new(SqliteStore::open(&settings.store_path())?);
         App::with_store(settings, analyser, store).await
     }
 
@@ -205,6 +227,7 @@ impl App {
             models,
             shutdown,
             frames,
+            streams: Arc::default(),
         })
     }
 
@@ -229,6 +252,25 @@ impl App {
                 "kiosk {} is sending frames faster than its limit; wait a moment",
                 caller.id
             ))
+        })
+    }
+
+    /// Takes a place among the caller's open streams; `Busy` (RESOURCE_EXHAUSTED) when it has
+    /// `limits.max_streams_per_caller` open already.
+    pub(crate) fn stream_slot(&self, caller: &Caller) -> Result<StreamSlot> {
+        let max = self.settings.limits.max_streams_per_caller;
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(caller.id.clone()).or_insert(0);
+        if *n >= max {
+            return Err(AppError::Busy(format!(
+                "{} already has {max} streams open; close one first",
+                caller.id
+            )));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            holder: caller.id.clone(),
         })
     }
 

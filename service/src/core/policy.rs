@@ -65,8 +65,8 @@ pub struct Decision {
     pub guest_message: String,
     /// The reservation the face matched (confidently); only then is it named to the kiosk.
     pub reservation: Option<ReservationView>,
-    /// For staff: the reservation the guest named, or the nearest guest, when identity was not
-    /// confident.
+    /// For staff: the reservation the guest named (a code, 1:1) when identity was not confident.
+    /// Never the nearest guest of a 1:N search.
     pub candidate: Option<ReservationView>,
     pub score: f32,
     pub threshold: f32,
@@ -125,7 +125,6 @@ pub fn message(outcome: Outcome, reasons: &[Reason]) -> String {
             Some(Reason::TooBright) => "There is too much light behind or on you. Please move slightly.",
             Some(Reason::Blurred) => "The photo is blurred. Please hold still for a moment.",
             Some(Reason::HeadTurned) => "Please look straight at the camera.",
-            Some(Reason::ReservationNotFound) => "We could not find that reservation code. Please check and try again.",
             Some(Reason::ShowReservation) => {
                 "Please scan the QR code of your booking, or type your reservation code, while looking at the camera."
             }
@@ -134,6 +133,67 @@ pub fn message(outcome: Outcome, reasons: &[Reason]) -> String {
             _ => "Please try again.",
         }
         .into(),
+    }
+}
+
+/// What a kiosk is told of a decision: the outcome, guidance, the guest message, and the guest's own
+/// reservation code only when approved. Without a confident match, every identity reason is
+/// "no match" (a low score, two guests close, an unknown code and a guest without templates look
+/// alike), and nothing about any guest's stay or health is said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KioskView {
+    pub outcome: Outcome,
+    pub reasons: Vec<Reason>,
+    pub guest_message: String,
+    pub reservation_code: Option<String>,
+}
+
+pub fn kiosk_view(d: &Decision) -> KioskView {
+    let matched = d.reservation.is_some() && d.reasons.contains(&Reason::Matched);
+    let mut reasons: Vec<Reason> = Vec::with_capacity(d.reasons.len());
+    for &r in &d.reasons {
+        let shown = match r {
+            Reason::NoFace
+            | Reason::MultipleFaces
+            | Reason::FaceTooSmall
+            | Reason::FaceOutOfFrame
+            | Reason::TooDark
+            | Reason::TooBright
+            | Reason::Blurred
+            | Reason::HeadTurned
+            | Reason::NotLive
+            | Reason::ShowReservation
+            | Reason::LowerMask
+            | Reason::HoldStill => Some(r),
+            Reason::Matched => matched.then_some(r),
+            Reason::NoMatch
+            | Reason::LowMatchScore
+            | Reason::AmbiguousMatch
+            | Reason::ReservationNotFound
+            | Reason::NotEnrolled => Some(Reason::NoMatch),
+            Reason::WrongArrivalDay
+            | Reason::AlreadyCheckedIn
+            | Reason::ReservationCancelled
+            | Reason::HealthGreen
+            | Reason::HealthYellow
+            | Reason::HealthRed
+            | Reason::HealthUnknown
+            | Reason::HealthExpired
+            | Reason::HealthQrInvalid
+            | Reason::HealthQrStale
+            | Reason::HealthQrOtherGuest => matched.then_some(r),
+        };
+        if let Some(r) = shown.filter(|r| !reasons.contains(r)) {
+            reasons.push(r);
+        }
+    }
+    KioskView {
+        outcome: d.outcome,
+        guest_message: message(d.outcome, &reasons),
+        reservation_code: (d.outcome == Outcome::Approved)
+            .then(|| d.reservation.as_ref().map(|r| r.code.clone()))
+            .flatten(),
+        reasons,
     }
 }
 
@@ -289,14 +349,14 @@ pub fn decide(
             best: Some((r, j)),
             second,
         }) => {
+            // 1:N not confident: nobody is named, not even to staff. A stranger's record must not
+            // carry the nearest enrolled guest (who is not involved), and the review band cannot
+            // tell a stranger from the guest; the desk asks for the booking instead.
             if !j.accepted {
-                // The nearest guest is named to staff only when the face came close to them: a
-                // stranger's REVIEW must not put some guest's booking in front of the desk.
                 let reason = not_confident_reason(p, j);
-                let near = (reason == Reason::LowMatchScore).then_some(r);
-                not_confident(&mut d, reason, near, IdentityState::NotConfident)
+                not_confident(&mut d, reason, None, IdentityState::NotConfident)
             } else if second.is_some_and(|t| j.score - t < p.margin) {
-                not_confident(&mut d, Reason::AmbiguousMatch, Some(r), IdentityState::NotConfident)
+                not_confident(&mut d, Reason::AmbiguousMatch, None, IdentityState::NotConfident)
             } else {
                 d.reasons.push(Reason::Matched);
                 d.reservation = Some(r.clone());

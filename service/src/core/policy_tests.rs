@@ -192,7 +192,8 @@ fn scores_margin_and_liveness() {
     let q = good_quality();
     let f = face(&q, 0.99, false);
     let t = p.match_threshold_1n;
-    // Below the threshold: not confident, REVIEW (never DENIED), the candidate kept for staff only.
+    // Below the threshold: not confident, REVIEW (never DENIED), and the nearest guest is not named,
+    // not even to staff (the face may be a stranger's).
     let d = run(
         Some(f),
         Some(&one_to_n(Colour::Green, t - p.review_band / 2.0, None)),
@@ -200,7 +201,7 @@ fn scores_margin_and_liveness() {
     );
     assert_eq!((d.outcome, d.identity), (Outcome::Review, IdentityState::NotConfident));
     assert!(d.reasons.contains(&Reason::LowMatchScore));
-    assert!(d.reservation.is_none() && d.candidate.is_some());
+    assert!(d.reservation.is_none() && d.candidate.is_none());
     let d = run(
         Some(f),
         Some(&one_to_n(Colour::Green, t - p.review_band - 0.01, None)),
@@ -217,6 +218,7 @@ fn scores_margin_and_liveness() {
     );
     assert_eq!((d.outcome, d.identity), (Outcome::Review, IdentityState::NotConfident));
     assert!(d.reasons.contains(&Reason::AmbiguousMatch));
+    assert!(d.candidate.is_none(), "two guests close: neither is named");
     let d = run(
         Some(face(&q, 0.1, false)),
         Some(&one_to_n(Colour::Green, 0.9, None)),

@@ -3,46 +3,75 @@
 
 use super::{now_ms, App, AppError, Caller, Result};
 use crate::domain::{Outcome, OverrideAction, ResStatus};
-use crate::store::{DecisionRow, OverrideRow, Verification};
+use crate::store::{DecisionRow, OverrideRow, ReviewCursor, Verification};
 use std::collections::{HashSet, VecDeque};
 use tokio::sync::{broadcast, watch};
 
-/// A front-desk subscription: REVIEW decisions not yet overridden, oldest first, then each new one
-/// as it is recorded; each once, within the caller's property scope.
+/// Pending reviews read from the store at a time (a feed and a listing page at most this many).
+pub const REVIEW_PAGE: usize = 100;
+
+/// A front-desk subscription: REVIEW decisions not yet overridden, oldest first (read from the
+/// store a page at a time), then each new one as it is recorded; each once, within the caller's
+/// property scope. Bounded: it holds one page, and remembers only the pending decisions recorded
+/// after it subscribed (the only ones that can also arrive live).
 pub struct ReviewFeed {
-    pending: VecDeque<DecisionRow>,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    page: VecDeque<DecisionRow>,
+    cursor: Option<ReviewCursor>,
+    pending_done: bool,
+    subscribed_at_ms: i64,
     live: broadcast::Receiver<DecisionRow>,
     filter: Option<String>,
     stop: watch::Receiver<bool>,
-    seen: HashSet<String>,
+    overlap: HashSet<String>,
+    _slot: super::StreamSlot,
+}
+
+/// Why a feed ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FeedEnd {
+    /// The server is shutting down.
+    Shutdown,
+    /// The subscriber fell behind the live decisions; it should reconnect (and gets the pending
+    /// reviews again).
+    Lagged(u64),
 }
 
 impl ReviewFeed {
-    /// The next decision to show; `None` when the server shuts down.
-    pub async fn next(&mut self) -> Option<DecisionRow> {
-        if let Some(d) = self.pending.pop_front() {
-            self.seen.insert(d.id.clone());
-            return Some(d);
+    /// The next decision to show.
+    pub async fn next(&mut self) -> Result<std::result::Result<DecisionRow, FeedEnd>> {
+        if !self.pending_done {
+            if self.page.is_empty() {
+                let page = self
+                    .store
+                    .pending_reviews(self.filter.as_deref(), self.cursor.as_ref(), REVIEW_PAGE)
+                    .await?;
+                self.pending_done = page.len() < REVIEW_PAGE;
+                self.page = page.into();
+            }
+            if let Some(d) = self.page.pop_front() {
+                self.cursor = Some(ReviewCursor::of(&d));
+                // Clocks: a second of slack for a decision timed just before the subscription.
+                if d.created_at_ms >= self.subscribed_at_ms - 1000 {
+                    self.overlap.insert(d.id.clone());
+                }
+                return Ok(Ok(d));
+            }
         }
         loop {
             let next = tokio::select! {
                 n = self.live.recv() => n,
-                _ = self.stop.wait_for(|down| *down) => return None,
+                _ = self.stop.wait_for(|down| *down) => return Ok(Err(FeedEnd::Shutdown)),
             };
             match next {
                 Ok(d) => {
-                    if self.filter.as_ref().is_some_and(|p| *p != d.property_id) || !self.seen.insert(d.id.clone()) {
+                    if self.filter.as_ref().is_some_and(|p| *p != d.property_id) || self.overlap.remove(&d.id) {
                         continue;
                     }
-                    return Some(d);
+                    return Ok(Ok(d));
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "review subscriber lagged; it should reconnect for pending reviews"
-                    );
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(broadcast::error::RecvError::Lagged(n)) => return Ok(Err(FeedEnd::Lagged(n))),
+                Err(broadcast::error::RecvError::Closed) => return Ok(Err(FeedEnd::Shutdown)),
             }
         }
     }
@@ -64,16 +93,34 @@ impl App {
     pub async fn review_feed(&self, caller: &Caller, property: Option<&str>) -> Result<ReviewFeed> {
         let filter = caller.property_filter(property)?;
         // Subscribe before reading the pending ones, so nothing falls between the two.
+        let slot = self.stream_slot(caller)?;
         let live = self.reviews.subscribe();
-        let stop = self.shutdown_signal();
-        let pending = self.store.pending_reviews(filter.as_deref()).await?;
         Ok(ReviewFeed {
-            pending: pending.into(),
+            _slot: slot,
+            store: self.store.clone(),
+            page: VecDeque::new(),
+            cursor: None,
+            pending_done: false,
+            subscribed_at_ms: now_ms(),
             live,
             filter,
-            stop,
-            seen: HashSet::new(),
+            stop: self.shutdown_signal(),
+            overlap: HashSet::new(),
         })
+    }
+
+    /// A page of pending reviews (oldest first) after `after`, within the caller's scope; at most
+    /// [`REVIEW_PAGE`].
+    pub async fn pending_reviews(
+        &self,
+        caller: &Caller,
+        property: Option<&str>,
+        after: Option<&ReviewCursor>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>> {
+        let filter = caller.property_filter(property)?;
+        let limit = limit.clamp(1, REVIEW_PAGE);
+        Ok(self.store.pending_reviews(filter.as_deref(), after, limit).await?)
     }
 
     /// A staff override: APPROVE checks the guest in, DENY refuses; reason required; audited.

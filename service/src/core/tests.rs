@@ -308,9 +308,11 @@ async fn one_to_one_approves_only_the_guest_of_the_named_reservation() {
     );
     assert_eq!(c.eval.decision.reservation.map(|r| r.code), Some("R1".into()));
 
-    // A code naming no reservation is its own answer, and checks nobody in.
+    // A code naming no reservation goes to the desk like a code whose guest the face does not
+    // match (the desk sees why), and checks nobody in.
     let c = f.app.check_in(&kiosk(), photo("person=2"), "NOPE", "").await.unwrap();
     assert_eq!(c.eval.decision.reasons, vec![Reason::ReservationNotFound]);
+    assert_eq!(c.eval.decision.outcome, Outcome::Review);
 }
 
 #[tokio::test]
@@ -319,7 +321,7 @@ async fn a_stream_records_only_its_end_and_the_desk_gets_the_step_the_guest_left
     f.enrolled("R1", 1).await;
 
     // A stranger is asked for a code; the guidance is not recorded.
-    let mut s = CheckInStream::new();
+    let mut s = f.app.open_check_in_stream(&kiosk()).unwrap();
     let a = f
         .app
         .stream_frame(&kiosk(), &mut s, photo("person=9"), "", "")
@@ -340,10 +342,13 @@ async fn a_stream_records_only_its_end_and_the_desk_gets_the_step_the_guest_left
     );
     // A stranger's REVIEW names no guest: the desk is not shown the nearest guest's booking.
     assert!(row.reservation_code.is_empty() && row.guest_id.is_none(), "{row:?}");
-    assert_eq!(f.store.pending_reviews(Some(PROPERTY)).await.unwrap().len(), 1);
+    assert_eq!(
+        f.store.pending_reviews(Some(PROPERTY), None, 100).await.unwrap().len(),
+        1
+    );
 
     // A stream that only gave capture guidance records its last RETRY and answers nothing.
-    let mut s = CheckInStream::new();
+    let mut s = f.app.open_check_in_stream(&kiosk()).unwrap();
     let a = f
         .app
         .stream_frame(&kiosk(), &mut s, photo("person=1 dark"), "", "")
@@ -355,7 +360,7 @@ async fn a_stream_records_only_its_end_and_the_desk_gets_the_step_the_guest_left
     assert_eq!(f.count("SELECT COUNT(*) FROM decisions WHERE outcome = 'RETRY'"), 1);
 
     // The guest's own face ends the stream with one recorded approval.
-    let mut s = CheckInStream::new();
+    let mut s = f.app.open_check_in_stream(&kiosk()).unwrap();
     let a = f
         .app
         .stream_frame(&kiosk(), &mut s, photo("person=1"), "", "")
@@ -382,7 +387,7 @@ async fn overrides_need_a_decision_and_approval_needs_a_reservation() {
     }
 
     // A stranger's REVIEW names no reservation: it can be denied, not approved.
-    let mut s = CheckInStream::new();
+    let mut s = f.app.open_check_in_stream(&kiosk()).unwrap();
     f.app
         .stream_frame(&kiosk(), &mut s, photo("person=9"), "", "")
         .await

@@ -123,37 +123,68 @@ pub struct Verification {
 /// Checks entries in sequence order: consecutive sequence numbers, each link to the previous hash,
 /// and each hash recomputed from the entry's own fields.
 pub fn verify<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> Verification {
-    let mut prev = GENESIS.to_string();
-    let mut n = 0u64;
-    for (expected_seq, e) in (1i64..).zip(entries) {
-        n += 1;
-        if e.seq != expected_seq {
-            return Verification {
-                entries: n,
-                first_broken: Some((
-                    expected_seq,
-                    format!("entry {expected_seq} is missing (found {})", e.seq),
-                )),
-            };
+    let mut v = Verifier::default();
+    for e in entries {
+        if !v.feed(e) {
+            break;
         }
-        if e.prev_hash != prev {
-            return Verification {
-                entries: n,
-                first_broken: Some((e.seq, "link to the previous entry is broken".into())),
-            };
-        }
-        let h = entry_hash(e.seq, e.at_ms, &e.kind, &e.actor, &e.subject, &e.details, &e.prev_hash);
-        if h != e.hash {
-            return Verification {
-                entries: n,
-                first_broken: Some((e.seq, "entry content does not match its hash".into())),
-            };
-        }
-        prev = e.hash.clone();
     }
-    Verification {
-        entries: n,
-        first_broken: None,
+    v.finish()
+}
+
+/// The same check fed one entry at a time, so a long trail can be read in pages (the store's lock
+/// is not held for the whole table).
+#[derive(Debug)]
+pub struct Verifier {
+    prev: String,
+    expected_seq: i64,
+    n: u64,
+    broken: Option<(i64, String)>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            prev: GENESIS.to_string(),
+            expected_seq: 1,
+            n: 0,
+            broken: None,
+        }
+    }
+}
+
+impl Verifier {
+    /// Checks the next entry; false once the chain is broken (nothing more needs reading).
+    pub fn feed(&mut self, e: &AuditEntry) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        self.n += 1;
+        let expected = self.expected_seq;
+        self.broken = if e.seq != expected {
+            Some((expected, format!("entry {expected} is missing (found {})", e.seq)))
+        } else if e.prev_hash != self.prev {
+            Some((e.seq, "link to the previous entry is broken".into()))
+        } else if entry_hash(e.seq, e.at_ms, &e.kind, &e.actor, &e.subject, &e.details, &e.prev_hash) != e.hash {
+            Some((e.seq, "entry content does not match its hash".into()))
+        } else {
+            None
+        };
+        self.prev = e.hash.clone();
+        self.expected_seq += 1;
+        self.broken.is_none()
+    }
+
+    /// The sequence number of the last entry checked (0: none).
+    pub fn last_seq(&self) -> i64 {
+        self.expected_seq - 1
+    }
+
+    pub fn finish(self) -> Verification {
+        Verification {
+            entries: self.n,
+            first_broken: self.broken,
+        }
     }
 }
 

@@ -142,6 +142,37 @@ pub struct DecisionRow {
     pub cascade: Option<(f32, f32)>,
 }
 
+/// Where a page of pending reviews ends: the last decision's time and id (the order of the list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewCursor {
+    pub created_at_ms: i64,
+    pub id: String,
+}
+
+impl ReviewCursor {
+    pub fn of(d: &DecisionRow) -> ReviewCursor {
+        ReviewCursor {
+            created_at_ms: d.created_at_ms,
+            id: d.id.clone(),
+        }
+    }
+}
+
+/// An issued credential (`lobby-server credentials add`): only the token's sha256 is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRow {
+    /// The id inside the token (`lby_<token id>_<secret>`), for listing, revoking and logs.
+    pub token_id: String,
+    /// The person, kiosk or system it belongs to: the caller id in decisions and the audit trail.
+    pub holder: String,
+    pub role: crate::config::Role,
+    pub property: Option<String>,
+    pub sha256: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
 #[tonic::async_trait]
 pub trait Store: Send + Sync {
     async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<ReservationView>;
@@ -187,8 +218,13 @@ pub trait Store: Send + Sync {
     /// loser's decision, REVIEW). Answers whether `d` itself was recorded.
     async fn record_decision(&self, d: &DecisionRow, if_taken: Option<&DecisionRow>, now_ms: i64) -> Result<bool>;
     async fn get_decision(&self, id: &str) -> Result<Option<DecisionRow>>;
-    /// REVIEW decisions not yet overridden, oldest first.
-    async fn pending_reviews(&self, property: Option<&str>) -> Result<Vec<DecisionRow>>;
+    /// REVIEW decisions not yet overridden, oldest first: at most `limit` after `after` (a page).
+    async fn pending_reviews(
+        &self,
+        property: Option<&str>,
+        after: Option<&ReviewCursor>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>>;
     async fn override_decision(
         &self,
         id: &str,
@@ -197,6 +233,12 @@ pub trait Store: Send + Sync {
         check_in: bool,
     ) -> Result<DecisionRow>;
     async fn verify_audit(&self) -> Result<Verification>;
+    /// Stores an issued credential with its audit entry (holder, role, property, expiry; no hash).
+    async fn add_credential(&self, c: &CredentialRow, actor: &str, now_ms: i64) -> Result<()>;
+    /// Every issued credential, revoked and expired ones included, oldest first.
+    async fn credentials(&self) -> Result<Vec<CredentialRow>>;
+    /// Marks a credential revoked (kept for the record) with its audit entry.
+    async fn revoke_credential(&self, token_id: &str, actor: &str, now_ms: i64) -> Result<CredentialRow>;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResSt
 use chrono::NaiveDate;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 pub(super) const SCHEMA_V1: &str = r#"
 CREATE TABLE guests (
@@ -89,6 +89,41 @@ ALTER TABLE decisions ADD COLUMN fused_frames INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE decisions ADD COLUMN cascade_score REAL;
 ALTER TABLE decisions ADD COLUMN cascade_threshold REAL;
 "#;
+
+/// Issued credentials (hashes only).
+pub(super) const SCHEMA_V3: &str = r#"
+CREATE TABLE credentials (
+    token_id TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    role TEXT NOT NULL,
+    property_id TEXT,
+    sha256 TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER
+);
+"#;
+
+pub(super) const CRED_SELECT: &str =
+    "SELECT token_id, holder, role, property_id, sha256, created_at_ms, expires_at_ms, revoked_at_ms FROM credentials";
+
+pub(super) fn cred_row(r: &rusqlite::Row) -> rusqlite::Result<Result<super::CredentialRow>> {
+    let token_id: String = r.get(0)?;
+    let role: String = r.get(2)?;
+    let Some(role) = crate::config::Role::parse(&role) else {
+        return Ok(Err(corrupt("credentials", &token_id, format!("role = {role:?}"))));
+    };
+    Ok(Ok(super::CredentialRow {
+        holder: r.get(1)?,
+        role,
+        property: r.get(3)?,
+        sha256: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        expires_at_ms: r.get(6)?,
+        revoked_at_ms: r.get(7)?,
+        token_id,
+    }))
+}
 
 pub(super) fn vec_to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -3,12 +3,12 @@
 
 use super::audit::{self, AuditEntry, AuditEvent, Verification};
 use super::rows::{
-    append_audit, dec_row, names_json, parse_template, res_row, tpl_row, vec_to_blob, DEC_SELECT, RES_SELECT,
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_VERSION, TPL_SELECT,
+    append_audit, cred_row, dec_row, names_json, parse_template, res_row, tpl_row, vec_to_blob, CRED_SELECT,
+    DEC_SELECT, RES_SELECT, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION, TPL_SELECT,
 };
 use super::{
-    ConsentRecord, DecisionRow, NewTemplate, OverrideRow, ReservationInput, ReservationView, Result, Store, StoreError,
-    StoredTemplate,
+    ConsentRecord, CredentialRow, DecisionRow, NewTemplate, OverrideRow, ReservationInput, ReservationView, Result,
+    ReviewCursor, Store, StoreError, StoredTemplate,
 };
 use crate::domain::{HealthRecord, Outcome, ResStatus};
 use chrono::NaiveDate;
@@ -77,6 +77,9 @@ impl SqliteStore {
         }
         if version < 2 {
             conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"))?;
+        }
+        if version < 3 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"))?;
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -431,14 +434,28 @@ impl Store for SqliteStore {
         self.run(move |c| decision(c, &id)).await
     }
 
-    async fn pending_reviews(&self, property: Option<&str>) -> Result<Vec<DecisionRow>> {
+    async fn pending_reviews(
+        &self,
+        property: Option<&str>,
+        after: Option<&ReviewCursor>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>> {
         let property = property.map(str::to_string);
+        let (after_ms, after_id) = after
+            .map(|c| (c.created_at_ms, c.id.clone()))
+            .unwrap_or((i64::MIN, String::new()));
+        let limit = limit as i64;
         self.run(move |c| {
             let mut st = c.prepare(&format!(
                 "{DEC_SELECT} WHERE d.final_outcome = ?2 AND o.decision_id IS NULL
-                 AND (?1 IS NULL OR d.property_id = ?1) ORDER BY d.created_at_ms, d.id"
+                 AND (?1 IS NULL OR d.property_id = ?1)
+                 AND (d.created_at_ms > ?3 OR (d.created_at_ms = ?3 AND d.id > ?4))
+                 ORDER BY d.created_at_ms, d.id LIMIT ?5"
             ))?;
-            let rows = st.query_map(params![property, Outcome::Review.as_str()], dec_row)?;
+            let rows = st.query_map(
+                params![property, Outcome::Review.as_str(), after_ms, after_id, limit],
+                dec_row,
+            )?;
             rows.map(|r| r?.parse()).collect()
         })
         .await
@@ -509,23 +526,115 @@ impl Store for SqliteStore {
     }
 
     async fn verify_audit(&self) -> Result<Verification> {
-        self.run(|c| {
-            let mut st =
-                c.prepare("SELECT seq, at_ms, kind, actor, subject, details, prev_hash, hash FROM audit ORDER BY seq")?;
-            let rows = st.query_map([], |r| {
-                Ok(AuditEntry {
-                    seq: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    kind: r.get(2)?,
-                    actor: r.get(3)?,
-                    subject: r.get(4)?,
-                    details: r.get(5)?,
-                    prev_hash: r.get(6)?,
-                    hash: r.get(7)?,
+        // A page at a time: the connection is free for check-ins between pages.
+        const PAGE: i64 = 2000;
+        let mut v = audit::Verifier::default();
+        loop {
+            let after = v.last_seq();
+            let page = self
+                .run(move |c| {
+                    let mut st = c.prepare(
+                        "SELECT seq, at_ms, kind, actor, subject, details, prev_hash, hash FROM audit
+                         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    )?;
+                    let rows = st.query_map(params![after, PAGE], |r| {
+                        Ok(AuditEntry {
+                            seq: r.get(0)?,
+                            at_ms: r.get(1)?,
+                            kind: r.get(2)?,
+                            actor: r.get(3)?,
+                            subject: r.get(4)?,
+                            details: r.get(5)?,
+                            prev_hash: r.get(6)?,
+                            hash: r.get(7)?,
+                        })
+                    })?;
+                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
                 })
-            })?;
-            let entries: Vec<AuditEntry> = rows.collect::<rusqlite::Result<_>>()?;
-            Ok(audit::verify(&entries))
+                .await?;
+            let full = page.len() as i64 == PAGE;
+            for e in &page {
+                if !v.feed(e) {
+                    return Ok(v.finish());
+                }
+            }
+            if !full {
+                return Ok(v.finish());
+            }
+        }
+    }
+
+    async fn add_credential(&self, cr: &CredentialRow, actor: &str, now_ms: i64) -> Result<()> {
+        let (cr, actor) = (cr.clone(), actor.to_string());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO credentials (token_id, holder, role, property_id, sha256, created_at_ms, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    cr.token_id,
+                    cr.holder,
+                    cr.role.as_str(),
+                    cr.property,
+                    cr.sha256,
+                    cr.created_at_ms,
+                    cr.expires_at_ms
+                ],
+            )?;
+            let ev = AuditEvent {
+                kind: "credential_added",
+                actor,
+                subject: cr.token_id.clone(),
+                details: json!({"holder": cr.holder, "role": cr.role.as_str(), "property": cr.property,
+                                "expires_at_ms": cr.expires_at_ms}),
+            };
+            append_audit(&tx, &ev, now_ms)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn credentials(&self) -> Result<Vec<CredentialRow>> {
+        self.run(|c| {
+            let mut st = c.prepare(&format!("{CRED_SELECT} ORDER BY created_at_ms, token_id"))?;
+            let rows = st.query_map([], cred_row)?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn revoke_credential(&self, token_id: &str, actor: &str, now_ms: i64) -> Result<CredentialRow> {
+        let (token_id, actor) = (token_id.to_string(), actor.to_string());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE credentials SET revoked_at_ms = ?2 WHERE token_id = ?1 AND revoked_at_ms IS NULL",
+                params![token_id, now_ms],
+            )?;
+            let row = tx
+                .query_row(
+                    &format!("{CRED_SELECT} WHERE token_id = ?1"),
+                    params![token_id],
+                    cred_row,
+                )
+                .optional()?
+                .transpose()?
+                .ok_or_else(|| StoreError::NotFound(format!("credential {token_id}")))?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "credential {token_id} is already revoked"
+                )));
+            }
+            let ev = AuditEvent {
+                kind: "credential_revoked",
+                actor,
+                subject: token_id.clone(),
+                details: json!({"holder": row.holder, "role": row.role.as_str(), "property": row.property}),
+            };
+            append_audit(&tx, &ev, now_ms)?;
+            tx.commit()?;
+            Ok(row)
         })
         .await
     }

@@ -33,7 +33,7 @@ async fn a_version_1_store_opens_and_keeps_its_decisions_and_templates() {
     assert_eq!(d.reasons, vec![Reason::LowMatchScore]);
     assert!(d.steps.is_empty() && d.cascade.is_none());
     assert_eq!((d.frames, d.fused_frames), (1, 1));
-    assert_eq!(s.pending_reviews(None).await.unwrap().len(), 1);
+    assert_eq!(s.pending_reviews(None, None, 100).await.unwrap().len(), 1);
     let t = s.all_templates().await.unwrap();
     assert_eq!(
         (t.len(), t[0].kind, t[0].vector.as_slice()),

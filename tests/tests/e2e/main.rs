@@ -5,8 +5,11 @@
 //! - [`fastops`]: our operator kernels agree with tract's on real photos.
 //! - [`service`]: the service over gRPC — enrolment, check-in, roles, bad input, reviews, audit.
 //! - [`ladder`]: the check-in stream's escalation ladder driven by the kiosk client.
+//! - [`security`]: TLS and mutual TLS, credentials issued and revoked live, what a kiosk is told,
+//!   bounded streams and pages.
 
 mod fastops;
 mod ladder;
 mod pipeline;
+mod security;
 mod service;

@@ -113,16 +113,22 @@ async fn enrolled_guests_check_in_by_face_one_to_n() {
             wrong.push(format!("{id} {}: {:?} {:?}", probe.display(), outcome(&r), r.reasons));
             continue;
         }
-        // Not confident 1:N: the kiosk asked for the code; the guest gives it.
+        // Not confident 1:N: the kiosk asked for the code; no record names the nearest guest; the
+        // guest gives the code.
+        let rec = s.record(&r.decision_id).await;
         assert!(
-            r.reservation_code.is_empty(),
-            "{id}: the kiosk is told {}",
-            r.reservation_code
+            r.reservation_code.is_empty() && rec.reservation_code.is_empty(),
+            "{id}: the kiosk is told {:?}, the record names {:?}",
+            r.reservation_code,
+            rec.reservation_code
         );
         let r = check_in(&s, &probe, &code_of(id), "").await;
         match outcome(&r) {
             pv::Outcome::Approved if r.reservation_code == code_of(id) => after_code += 1,
-            pv::Outcome::Review => desk.push(format!("{id}: {:?} score {:.3}", r.reasons, r.match_score)),
+            pv::Outcome::Review => {
+                let rec = s.record(&r.decision_id).await;
+                desk.push(format!("{id}: {:?} score {:.3}", rec.reasons, rec.match_score))
+            }
             o => wrong.push(format!("{id} with the code: {o:?} {:?}", r.reasons)),
         }
     }
@@ -272,7 +278,11 @@ async fn health_codes_and_qr_payloads() {
         "{:?}",
         lobby_kiosk_client::reason_names(&r.reasons)
     );
-    assert_eq!(r.health_used.as_ref().unwrap().source, "kiosk-qr");
+    // The stored status alone (expired) would not have approved: the QR's GREEN did.
+    assert!(r.reasons.contains(&(pv::Reason::HealthGreen as i32)));
+    assert!(!r.reasons.contains(&(pv::Reason::HealthExpired as i32)));
+    let rec = s.record(&r.decision_id).await;
+    assert_eq!(rec.health_colour, pv::HealthColour::Green as i32);
     s.stop().await;
 }
 
@@ -405,7 +415,11 @@ async fn erased_guest_is_no_longer_matched() {
     };
     let id = &id;
     let before = check_in(&s, &photos[1], "", "").await;
-    assert_eq!(before.reservation_code, code_of(id), "matched before erasure");
+    // A REVIEW (YELLOW): the kiosk is told MATCHED but not the code (only an approval names it).
+    assert!(before.reservation_code.is_empty());
+    assert!(before.reasons.contains(&(pv::Reason::Matched as i32)));
+    let before_rec = s.record(&before.decision_id).await;
+    assert_eq!(before_rec.reservation_code, code_of(id), "matched before erasure");
     let db_path = s.data_dir.join("lobby.sqlite3");
     // Enrolment stored four templates of the one photo: clean, masked (mask-aware enrolment) and the
     // cascade's second stage (teacher, dlib).
@@ -431,10 +445,11 @@ async fn erased_guest_is_no_longer_matched() {
     assert_eq!(e.templates_deleted, 4);
     let after = check_in(&s, &photos[1], "", "").await;
     assert_ne!(outcome(&after), pv::Outcome::Approved);
+    let after_rec = s.record(&after.decision_id).await;
     assert!(
-        after.reservation_code.is_empty(),
+        after_rec.reservation_code.is_empty() && !after.reasons.contains(&(pv::Reason::Matched as i32)),
         "still matched: {}",
-        after.reservation_code
+        after_rec.reservation_code
     );
     let one = check_in(&s, &photos[1], &code_of(id), "").await;
     assert_ne!(outcome(&one), pv::Outcome::Approved);
@@ -626,7 +641,7 @@ async fn restart_keeps_reservations_templates_and_decisions() {
     enrol(&s, id, &photos[0]).await;
     set_health(&s, id, pv::HealthColour::Yellow, true).await;
     let first = check_in(&s, &photos[1], "", "").await;
-    assert_eq!(first.reservation_code, code_of(id));
+    assert_eq!(s.record(&first.decision_id).await.reservation_code, code_of(id));
     let tokens = s.stop().await;
 
     let Some(s) = start(&dir, &key, Some(tokens)).await else {
@@ -660,7 +675,7 @@ async fn restart_keeps_reservations_templates_and_decisions() {
     // The gallery was rebuilt from the store: the guest is still found 1:N.
     let again = check_in(&s, &photos[2], "", "").await;
     assert_eq!(
-        again.reservation_code,
+        s.record(&again.decision_id).await.reservation_code,
         code_of(id),
         "{:?}",
         lobby_kiosk_client::reason_names(&again.reasons)
@@ -1015,26 +1030,26 @@ async fn masked_guests_enrolled_unmasked_check_in() {
             continue;
         }
         probes += 1;
-        called_masked += r.masked as usize;
-        if r.masked {
-            assert!(r.mask_score >= 0.5, "{id}: masked with p {}", r.mask_score);
+        // The kiosk is not told scores or the mask verdict; staff are.
+        let rec = s.record(&r.decision_id).await;
+        called_masked += rec.masked as usize;
+        if rec.masked {
             assert_eq!(
-                r.match_threshold, masked_threshold,
+                rec.match_threshold, masked_threshold,
                 "{id}: a masked face uses the masked threshold"
             );
         }
         if outcome(&r) == pv::Outcome::Approved {
             assert_eq!(r.reservation_code, code_of(id));
             approved += 1;
-            approved_masked += r.masked as usize;
+            approved_masked += rec.masked as usize;
         }
         eprintln!(
-            "masked guest {id}: {:?} score {:.3} / {:.3} masked {} (p {:.2})",
+            "masked guest {id}: {:?} score {:.3} / {:.3} masked {}",
             outcome(&r),
-            r.match_score,
-            r.match_threshold,
-            r.masked,
-            r.mask_score
+            rec.match_score,
+            rec.match_threshold,
+            rec.masked,
         );
     }
     assert!(probes >= 8, "too few usable masked photos ({probes})");
