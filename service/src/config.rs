@@ -24,6 +24,50 @@ pub struct Settings {
     pub auth: AuthSettings,
     #[serde(default)]
     pub tls: TlsSettings,
+    #[serde(default)]
+    pub time: TimeSettings,
+}
+
+/// Each property's calendar: "today" (arrival day, the 1:N search's expected guests) is the date in
+/// the property's time zone, not the server's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSettings {
+    /// The IANA time zone of every property not listed below (e.g. "Asia/Shanghai"); "local" is the
+    /// server's own.
+    pub zone: String,
+    /// Per property: its IANA time zone.
+    #[serde(default)]
+    pub property_zones: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for TimeSettings {
+    fn default() -> Self {
+        TimeSettings {
+            zone: "local".into(),
+            property_zones: Default::default(),
+        }
+    }
+}
+
+fn parse_zone(z: &str) -> Option<Option<chrono_tz::Tz>> {
+    if z == "local" {
+        Some(None)
+    } else {
+        z.parse::<chrono_tz::Tz>().ok().map(Some)
+    }
+}
+
+impl TimeSettings {
+    /// The date at `property` at the instant `now`.
+    pub fn today_at(&self, property: &str, now: chrono::DateTime<chrono::Utc>) -> chrono::NaiveDate {
+        let zone = self.property_zones.get(property).unwrap_or(&self.zone);
+        match parse_zone(zone).flatten() {
+            Some(tz) => now.with_timezone(&tz).date_naive(),
+            // "local" (or, unreachable after validation, an unknown name): the server's zone.
+            None => now.with_timezone(&chrono::Local).date_naive(),
+        }
+    }
 }
 
 /// TLS on the gRPC listener. Without `cert` and `key` the server speaks plaintext, which it does
@@ -518,6 +562,14 @@ impl Settings {
         if self.health.qr_max_age_secs <= 0 {
             return bad("health.qr_max_age_secs", "must be positive");
         }
+        for z in std::iter::once(&self.time.zone).chain(self.time.property_zones.values()) {
+            if parse_zone(z).is_none() {
+                return bad(
+                    "time.zone / time.property_zones",
+                    "must be IANA time zone names (or \"local\")",
+                );
+            }
+        }
         if self.auth.reload_ms == 0 {
             return bad("auth.reload_ms", "must be positive");
         }
@@ -569,6 +621,30 @@ mod tests {
         ));
         let env = vec![("LOBBY__LISTEN".to_string(), "127.0.0.1:1234".to_string())];
         assert_eq!(Settings::load_from(None, env.into_iter()).unwrap().listen.port(), 1234);
+    }
+
+    #[test]
+    fn today_is_the_property_s_date_in_its_zone() {
+        let env = vec![
+            ("LOBBY__TIME__ZONE".to_string(), "Pacific/Kiritimati".to_string()),
+            (
+                "LOBBY__TIME__PROPERTY_ZONES".to_string(),
+                "{ \"hotel-west\" = \"Etc/GMT+12\" }".to_string(),
+            ),
+        ];
+        let s = Settings::load_from(None, env.into_iter()).unwrap();
+        // 2026-12-05 11:30 UTC: 2026-12-06 01:30 at UTC+14, 2026-12-04 23:30 at UTC-12.
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-05T11:30:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let d = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(s.time.today_at("hotel-east", now), d("2026-12-06"));
+        assert_eq!(s.time.today_at("hotel-west", now), d("2026-12-04"));
+        let env = vec![("LOBBY__TIME__ZONE".to_string(), "Mars/Olympus".to_string())];
+        assert!(matches!(
+            Settings::load_from(None, env.into_iter()),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

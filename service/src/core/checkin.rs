@@ -13,7 +13,7 @@ use super::healthcode::{self, QrProblem};
 use super::ladder::{FusedFrame, Fusion, Next, Session};
 use super::matcher::GuestTemplates;
 use super::policy::{self, Decision, FaceFacts, MatchFacts};
-use super::{new_decision_id, now_ms, today, App, Caller, Result};
+use super::{new_decision_id, now_ms, App, Caller, Result};
 use crate::domain::{HealthRecord, Outcome, Reason, Step};
 use crate::store::DecisionRow;
 use crate::vision::{Analysis, Embedding};
@@ -180,7 +180,8 @@ impl App {
                 MatchFacts::OneToOne { reservation, judged }
             }
             None => {
-                let found = self.matcher.one_to_n(property, &probe, masked, today()).await?;
+                let today = self.settings.time.today_at(property, chrono::Utc::now());
+                let found = self.matcher.one_to_n(property, &probe, masked, today).await?;
                 let best = match found.best {
                     Some((r, score, ts)) => Some((
                         r,
@@ -210,7 +211,7 @@ impl App {
         self.take_frame(caller)?;
         session.frame(code);
         let analysis = self.with_analyser(move |v| v.analyse(&photo)).await?;
-        let (today, now) = (today(), now_ms());
+        let (today, now) = (self.settings.time.today_at(&property, chrono::Utc::now()), now_ms());
         let p = &self.settings.policy;
         let ladder = &self.settings.ladder;
         let mut eval = Evaluated {

@@ -164,12 +164,17 @@ impl App {
         if templates.is_empty() {
             return Ok((res.guest_id, outcomes, 0));
         }
-        let (guest_id, ids) = self
+        let clean = templates.iter().filter(|t| t.kind == TemplateKind::Clean).count();
+        // The store's commit and the index update together, never interleaved with an erasure of
+        // the same reservation. The templates replace any before; if the index update fails the
+        // request fails, and its retry replaces the same templates again (no second copy).
+        let _lock = self.lock_reservation(property, code).await;
+        let e = self
             .store
             .enrol(property, code, &consent, &templates, &caller.id, now_ms())
             .await?;
-        let clean = templates.iter().filter(|t| t.kind == TemplateKind::Clean).count();
-        self.matcher.add(property, &guest_id, &ids, templates).await?;
-        Ok((guest_id, outcomes, clean))
+        self.matcher.remove(property, &e.replaced).await?;
+        self.matcher.add(property, &e.guest_id, &e.added, templates).await?;
+        Ok((e.guest_id, outcomes, clean))
     }
 }

@@ -163,6 +163,10 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// Check-in frames per kiosk credential (a token bucket per kiosk).
     frames: governor::DefaultKeyedRateLimiter<String>,
+    /// Enrolment and erasure of one reservation take its lock across the store's commit and the
+    /// index update, so they cannot interleave (erased vectors back in the index). Striped: a
+    /// fixed number of locks, a reservation's by the hash of its key.
+    guest_locks: Vec<tokio::sync::Mutex<()>>,
     /// Long-lived streams open per credential holder.
     streams: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
@@ -228,6 +232,7 @@ impl App {
             shutdown,
             frames,
             streams: Arc::default(),
+            guest_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
     }
 
@@ -253,6 +258,16 @@ impl App {
                 caller.id
             ))
         })
+    }
+
+    /// The lock of one reservation's templates (see `guest_locks`).
+    async fn lock_reservation(&self, property: &str, code: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (property, code).hash(&mut h);
+        self.guest_locks[(h.finish() % self.guest_locks.len() as u64) as usize]
+            .lock()
+            .await
     }
 
     /// Takes a place among the caller's open streams; `Busy` (RESOURCE_EXHAUSTED) when it has

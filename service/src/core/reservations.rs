@@ -32,6 +32,7 @@ impl App {
     /// Erases a guest: templates out of the store and the index, personal fields cleared, audited.
     pub async fn erase(&self, caller: &Caller, property: &str, code: &str, reason: &str) -> Result<(String, usize)> {
         caller.check_scope(property)?;
+        let _lock = self.lock_reservation(property, code).await;
         let (guest_id, ids) = self
             .store
             .erase_guest(property, code, reason, &caller.id, now_ms())

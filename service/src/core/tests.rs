@@ -143,9 +143,14 @@ fn consent(granted: bool) -> Consent {
 
 impl Fixture {
     async fn new() -> Fixture {
+        Fixture::with(|_| {}).await
+    }
+
+    async fn with(tweak: impl FnOnce(&mut Settings)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::load_from(None, std::iter::empty()).unwrap();
         settings.data_dir = dir.path().to_path_buf();
+        tweak(&mut settings);
         let store = Arc::new(SqliteStore::open(&dir.path().join("lobby.sqlite3")).unwrap());
         let app = App::with_store(settings, Arc::new(FakeAnalyser), store.clone())
             .await
@@ -517,4 +522,70 @@ async fn an_override_cannot_check_in_a_reservation_that_changed_since() {
         f.count("SELECT COUNT(*) FROM reservations WHERE status = 'CHECKED_IN'"),
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_enrolment_stores_no_second_copy_and_erasure_leaves_no_vector_behind() {
+    let f = Fixture::new().await;
+    f.enrolled("R1", 1).await;
+    let (stored, indexed) = (
+        f.count("SELECT COUNT(*) FROM templates"),
+        f.app.matcher.indexed(PROPERTY),
+    );
+    assert!(stored >= 1 && indexed >= 1);
+    // The same enrolment again (a client's retry): the same templates, once.
+    f.enrolled("R1", 1).await;
+    assert_eq!(f.count("SELECT COUNT(*) FROM templates"), stored);
+    assert_eq!(f.app.matcher.indexed(PROPERTY), indexed);
+    // Enrolment and erasure of one reservation at once, many times over: whichever goes first, the
+    // guest ends erased with nothing stored and nothing indexed.
+    for i in 0..24 {
+        let code = format!("E{i}");
+        f.reservation(&code).await;
+        let (a, b) = (enroller(), enroller());
+        let enrol = f.app.enrol(&a, PROPERTY, &code, vec![photo("person=2")], consent(true));
+        let erase = f.app.erase(&b, PROPERTY, &code, "guest asked");
+        let (_, erased) = tokio::join!(enrol, erase);
+        erased.unwrap();
+        let r = f.app.get_reservation(&staff(), PROPERTY, &code).await.unwrap();
+        assert!(
+            r.erased && r.templates == 0,
+            "{code}: {} templates after erasure",
+            r.templates
+        );
+    }
+    assert_eq!(f.count("SELECT COUNT(*) FROM templates"), stored);
+    assert_eq!(
+        f.app.matcher.indexed(PROPERTY),
+        indexed,
+        "an erased guest's vectors are indexed"
+    );
+}
+
+#[tokio::test]
+async fn today_is_the_property_s_own_date() {
+    // UTC-12 and UTC+14 are 26 hours apart: their dates always differ. A stay from yesterday to
+    // tomorrow in UTC-12 is under way there, and over (departure reached) in UTC+14.
+    let west_today = chrono::Utc::now()
+        .with_timezone(&"Etc/GMT+12".parse::<chrono_tz::Tz>().unwrap())
+        .date_naive();
+    let arrival = west_today - chrono::Days::new(1);
+    for (zone, expected) in [
+        ("Etc/GMT+12", Outcome::Approved),
+        ("Pacific/Kiritimati", Outcome::Review),
+    ] {
+        let f = Fixture::with(|s| {
+            s.time.property_zones.insert(PROPERTY.into(), zone.into());
+        })
+        .await;
+        f.enrolled_from("R1", 1, arrival).await;
+        let c = f.app.check_in(&kiosk(), photo("person=1"), "R1", "").await.unwrap();
+        let d = &c.eval.decision;
+        assert_eq!(d.outcome, expected, "{zone}: {:?}", d.reasons);
+        assert_eq!(
+            d.reasons.contains(&Reason::WrongArrivalDay),
+            expected == Outcome::Review,
+            "{zone}"
+        );
+    }
 }

@@ -142,6 +142,15 @@ pub struct DecisionRow {
     pub cascade: Option<(f32, f32)>,
 }
 
+/// What an enrolment stored: the guest, the new template ids (in the order given), and the ids of
+/// the templates it replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrolled {
+    pub guest_id: String,
+    pub added: Vec<i64>,
+    pub replaced: Vec<i64>,
+}
+
 /// Where a page of pending reviews ends: the last decision's time and id (the order of the list).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewCursor {
@@ -181,7 +190,8 @@ pub trait Store: Send + Sync {
     /// The guests of `property` expected around `today`: not erased, BOOKED or CHECKED_IN, with
     /// `arrival - slack_days <= today < departure + slack_days` (the 1:N search's candidates).
     async fn expected_guests(&self, property: &str, today: NaiveDate, slack_days: i64) -> Result<HashSet<String>>;
-    /// Records consent and stores templates; returns the guest and the template ids.
+    /// Records consent and stores the guest's templates, replacing any stored before (a retried
+    /// enrolment stores no second copy); returns the guest, the new ids and the replaced ids.
     async fn enrol(
         &self,
         property: &str,
@@ -190,7 +200,7 @@ pub trait Store: Send + Sync {
         templates: &[NewTemplate],
         actor: &str,
         now_ms: i64,
-    ) -> Result<(String, Vec<i64>)>;
+    ) -> Result<Enrolled>;
     async fn set_health(
         &self,
         property: &str,

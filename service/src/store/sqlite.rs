@@ -7,8 +7,8 @@ use super::rows::{
     DEC_SELECT, RES_SELECT, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION, TPL_SELECT,
 };
 use super::{
-    ConsentRecord, CredentialRow, DecisionRow, NewTemplate, OverrideRow, ReservationInput, ReservationView, Result,
-    ReviewCursor, Store, StoreError, StoredTemplate,
+    ConsentRecord, CredentialRow, DecisionRow, Enrolled, NewTemplate, OverrideRow, ReservationInput, ReservationView,
+    Result, ReviewCursor, Store, StoreError, StoredTemplate,
 };
 use crate::domain::{HealthRecord, Outcome, ResStatus};
 use chrono::NaiveDate;
@@ -205,7 +205,7 @@ impl Store for SqliteStore {
         templates: &[NewTemplate],
         actor: &str,
         now_ms: i64,
-    ) -> Result<(String, Vec<i64>)> {
+    ) -> Result<Enrolled> {
         let (property, code, consent, templates, actor) = (
             property.to_string(),
             code.to_string(),
@@ -226,6 +226,14 @@ impl Store for SqliteStore {
             let mut model_ids: Vec<&str> = templates.iter().map(|t| t.model_id.as_str()).collect();
             model_ids.sort_unstable();
             model_ids.dedup();
+            // An enrolment replaces the guest's templates: a retried request gives the same result,
+            // never a second copy.
+            let replaced: Vec<i64> = {
+                let mut st = tx.prepare("SELECT id FROM templates WHERE guest_id = ?1")?;
+                let rows = st.query_map(params![res.guest_id], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            tx.execute("DELETE FROM templates WHERE guest_id = ?1", params![res.guest_id])?;
             let mut ids = Vec::new();
             for t in &templates {
                 tx.execute(
@@ -238,13 +246,18 @@ impl Store for SqliteStore {
                 kind: "face_enrolled",
                 actor,
                 subject: format!("{property}/{code}"),
-                details: json!({"guest_id": res.guest_id, "templates_added": ids.len(), "model_ids": model_ids,
+                details: json!({"guest_id": res.guest_id, "templates_added": ids.len(),
+                                "templates_replaced": replaced.len(), "model_ids": model_ids,
                                 "consent_method": consent.method, "consent_text_version": consent.text_version,
                                 "consent_at_ms": consent.at_ms}),
             };
             append_audit(&tx, &ev, now_ms)?;
             tx.commit()?;
-            Ok((res.guest_id, ids))
+            Ok(Enrolled {
+                guest_id: res.guest_id,
+                added: ids,
+                replaced,
+            })
         })
         .await
     }

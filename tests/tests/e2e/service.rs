@@ -1209,3 +1209,132 @@ async fn a_kiosk_over_its_frame_rate_is_resource_exhausted_alone() {
     );
     s.stop().await;
 }
+
+/// "Today" is the property's date in its configured zone: a stay from yesterday to tomorrow in
+/// UTC-12 is under way at a property there and over at one in UTC+14 (26 hours apart, their dates
+/// always differ), whatever the server's own clock zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn today_is_each_property_s_own_date() {
+    let Some(data) = data_dir() else { return };
+    let ids = identities(&data);
+    let (id, photos) = ids.iter().find(|(_, p)| p.len() >= 2).unwrap();
+    let west: chrono_tz::Tz = "Etc/GMT+12".parse().unwrap();
+    let west_today = chrono::Utc::now().with_timezone(&west).date_naive();
+    for (zone, expected) in [
+        ("Etc/GMT+12", pv::Outcome::Approved),
+        ("Pacific/Kiritimati", pv::Outcome::Review),
+    ] {
+        let Some(s) = start_with(
+            &scratch_dir(&format!("zone-{}", zone.replace('/', "-"))),
+            &public_key_b64(&issuer()),
+            None,
+            |st| {
+                st.time.property_zones.insert(PROPERTY.into(), zone.into());
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        enrol(&s, id, &photos[0]).await;
+        s.enroller()
+            .await
+            .upsert_reservation(pv::UpsertReservationRequest {
+                reservation: Some(pv::Reservation {
+                    property_id: PROPERTY.into(),
+                    reservation_code: code_of(id),
+                    guest: Some(pv::Guest {
+                        guest_id: String::new(),
+                        full_name: format!("Guest {id}"),
+                        guest_ref: id.clone(),
+                    }),
+                    arrival_date: (west_today - chrono::Days::new(1)).to_string(),
+                    departure_date: (west_today + chrono::Days::new(1)).to_string(),
+                    status: pv::ReservationStatus::Booked as i32,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        set_health(&s, id, pv::HealthColour::Green, true).await;
+        let r = check_in(&s, &photos[1], &code_of(id), "").await;
+        assert_eq!(
+            outcome(&r),
+            expected,
+            "{zone}: {:?}",
+            lobby_kiosk_client::reason_names(&r.reasons)
+        );
+        assert_eq!(
+            r.reasons.contains(&(pv::Reason::WrongArrivalDay as i32)),
+            expected == pv::Outcome::Review,
+            "{zone}"
+        );
+        s.stop().await;
+    }
+}
+
+/// A retried enrolment stores the same templates once; an enrolment and an erasure of one guest at
+/// the same moment end with the guest erased, nothing stored and nothing matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_enrolment_and_racing_erasure_leave_nothing_half_done() {
+    let Some((s, id, photos)) = one_guest("enrol-race", pv::HealthColour::Green, 2).await else {
+        return;
+    };
+    let first = reservation_of(&s, &id).await.templates;
+    assert_eq!(first, 4);
+    enrol(&s, &id, &photos[0]).await;
+    assert_eq!(
+        reservation_of(&s, &id).await.templates,
+        first,
+        "a retry stored a second copy"
+    );
+    let erase = async {
+        s.enroller()
+            .await
+            .erase_guest(pv::EraseGuestRequest {
+                property_id: PROPERTY.into(),
+                reservation_code: code_of(&id),
+                reason: "guest asked".into(),
+            })
+            .await
+    };
+    let (_, erased) = tokio::join!(enrol_result(&s, &id, &photos[0]), erase);
+    erased.expect("erasure");
+    let r = reservation_of(&s, &id).await;
+    assert!(r.erased && r.templates == 0, "{r:?}");
+    let after = check_in(&s, &photos[1], "", "").await;
+    assert_ne!(outcome(&after), pv::Outcome::Approved);
+    assert!(s.record(&after.decision_id).await.reservation_code.is_empty());
+    s.stop().await;
+}
+
+/// An enrolment's result, refused or not (it may lose the race to an erasure).
+async fn enrol_result(s: &TestServer, id: &str, photo: &std::path::Path) -> Result<(), tonic::Status> {
+    s.enroller()
+        .await
+        .enroll_face(pv::EnrollFaceRequest {
+            property_id: PROPERTY.into(),
+            reservation_code: code_of(id),
+            photos: vec![std::fs::read(photo).unwrap()],
+            consent: Some(pv::Consent {
+                granted: true,
+                method: "booking-form".into(),
+                text_version: "v1".into(),
+                recorded_at_ms: 0,
+            }),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn reservation_of(s: &TestServer, id: &str) -> pv::Reservation {
+    s.enroller()
+        .await
+        .get_reservation(pv::GetReservationRequest {
+            property_id: PROPERTY.into(),
+            reservation_code: code_of(id),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
