@@ -65,7 +65,12 @@ pub fn verify_qr(
     }
     let body: QrPayload = serde_json::from_slice(&payload).map_err(|_| QrProblem::Invalid)?;
     let now = now_ms / 1000;
-    if body.issued_at > now + 60 || now >= body.expires_at || now - body.issued_at > max_age_secs {
+    // Saturating: the times are whatever the issuer signed (an `issued_at` of i64::MIN wrapped to
+    // "fresh" before, and an `expires_at` beyond ~292 million years to a negative expiry).
+    if body.issued_at > now.saturating_add(60)
+        || now >= body.expires_at
+        || now.saturating_sub(body.issued_at) > max_age_secs
+    {
         return Err(QrProblem::Stale);
     }
     // The guest reference is not secret, but compare without early exit anyway.
@@ -75,8 +80,8 @@ pub fn verify_qr(
     }
     Ok(HealthRecord {
         colour: body.colour,
-        issued_at_ms: body.issued_at * 1000,
-        expires_at_ms: body.expires_at * 1000,
+        issued_at_ms: body.issued_at.saturating_mul(1000),
+        expires_at_ms: body.expires_at.saturating_mul(1000),
         source: "kiosk-qr".into(),
     })
 }
