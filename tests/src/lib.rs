@@ -287,7 +287,15 @@ pub mod guests {
         })
         .await
         .expect("upsert");
-        c.enroll_face(pv::EnrollFaceRequest {
+        c.enroll_face(enrol_request(identity, photo))
+            .await
+            .expect("enrol")
+            .into_inner()
+    }
+
+    /// An enrolment of one photo with consent, for the identity's reservation.
+    pub fn enrol_request(identity: &str, photo: &Path) -> pv::EnrollFaceRequest {
+        pv::EnrollFaceRequest {
             property_id: PROPERTY.into(),
             reservation_code: code_of(identity),
             photos: vec![std::fs::read(photo).expect("photo")],
@@ -297,10 +305,7 @@ pub mod guests {
                 text_version: "v1".into(),
                 recorded_at_ms: 0,
             }),
-        })
-        .await
-        .expect("enrol")
-        .into_inner()
+        }
     }
 
     pub async fn set_health(s: &TestServer, identity: &str, colour: pv::HealthColour, valid: bool) {

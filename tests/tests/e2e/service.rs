@@ -1312,17 +1312,7 @@ async fn retried_enrolment_and_racing_erasure_leave_nothing_half_done() {
 async fn enrol_result(s: &TestServer, id: &str, photo: &std::path::Path) -> Result<(), tonic::Status> {
     s.enroller()
         .await
-        .enroll_face(pv::EnrollFaceRequest {
-            property_id: PROPERTY.into(),
-            reservation_code: code_of(id),
-            photos: vec![std::fs::read(photo).unwrap()],
-            consent: Some(pv::Consent {
-                granted: true,
-                method: "booking-form".into(),
-                text_version: "v1".into(),
-                recorded_at_ms: 0,
-            }),
-        })
+        .enroll_face(lobby_tests::guests::enrol_request(id, photo))
         .await
         .map(|_| ())
 }
