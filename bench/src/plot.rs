@@ -1,6 +1,7 @@
-//! A small DET-curve plotter that writes PNG with the `image` crate: log-log axes, decade grid,
-//! labelled ticks (a built-in 5x7 pixel font), one or more curves. No font files or system
-//! libraries needed.
+//! Small plotters that write PNG with the `image` crate and a built-in 5x7 pixel font (no font files
+//! or system libraries needed): DET curves ([`det_png`]: log-log axes, decade grid, one or more
+//! curves) and time series ([`time_png`]: panels stacked over one time axis, as `lobby-soak` draws
+//! RSS and latency).
 
 use image::{Rgb, RgbImage};
 use std::path::Path;
@@ -73,6 +74,152 @@ pub fn det_png(path: &Path, title: &str, x_label: &str, y_label: &str, curves: &
         line(&mut img, LEFT + pw - 200, ly + 7, LEFT + pw - 170, ly + 7, col);
         text(&mut img, LEFT + pw - 162, ly, c.label, 2, black);
     }
+    img.save(path)
+}
+
+pub struct Series<'a> {
+    pub label: &'a str,
+    /// NaN y breaks the line.
+    pub points: &'a [(f64, f64)],
+    pub color: [u8; 3],
+}
+
+pub struct Panel<'a> {
+    pub y_label: &'a str,
+    pub series: Vec<Series<'a>>,
+    /// Logarithmic y axis (decades), for latencies that span milliseconds to tens of seconds.
+    pub log: bool,
+}
+
+const TIME_W: i32 = 960;
+const TIME_PANEL_H: i32 = 300;
+const TIME_TOP: i32 = 72;
+const TIME_GAP: i32 = 70;
+
+fn nice_step(max: f64) -> f64 {
+    let raw = (max / 5.0).max(1e-9);
+    let p = 10f64.powf(raw.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if m * p >= raw {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+/// Panels stacked over one time axis (0..x_max seconds); `shaded` spans are drawn in light red
+/// (overload windows), `mark` as a dashed vertical line (the end of the soak).
+pub fn time_png(
+    path: &Path,
+    title: &str,
+    x_max: f64,
+    shaded: &[(f64, f64)],
+    mark: Option<f64>,
+    panels: &[Panel],
+) -> image::ImageResult<()> {
+    let h = TIME_TOP + panels.len() as i32 * (TIME_PANEL_H + TIME_GAP) + 10;
+    let mut img = RgbImage::from_pixel(TIME_W as u32, h as u32, Rgb([255, 255, 255]));
+    let black = Rgb([0, 0, 0]);
+    let grey = Rgb([225, 225, 225]);
+    let pw = TIME_W - LEFT - RIGHT;
+    text(&mut img, LEFT, 12, title, 2, black);
+    let x_max = x_max.max(1.0);
+    let xs = nice_step(x_max);
+    let px = |x: f64| LEFT + (x / x_max * pw as f64).round() as i32;
+    for (pi, p) in panels.iter().enumerate() {
+        let top = TIME_TOP + pi as i32 * (TIME_PANEL_H + TIME_GAP);
+        let ys_all: Vec<f64> = p
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|q| q.1))
+            .filter(|y| y.is_finite() && (!p.log || *y > 0.0))
+            .collect();
+        let y_hi = ys_all.iter().copied().fold(0.0f64, f64::max).max(1e-9);
+        // Linear: 0..1.1x the largest; log: the decades around the values.
+        let (lo, hi) = if p.log {
+            let lo = ys_all.iter().copied().fold(f64::INFINITY, f64::min).max(1e-3);
+            let lo = if lo.is_finite() { lo } else { 1.0 };
+            (lo.log10().floor(), y_hi.log10().ceil().max(lo.log10().floor() + 1.0))
+        } else {
+            (0.0, y_hi * 1.1)
+        };
+        let fy = |y: f64| if p.log { y.max(1e-12).log10() } else { y };
+        let py = |y: f64| {
+            let f = ((fy(y) - lo) / (hi - lo)).clamp(0.0, 1.0);
+            top + TIME_PANEL_H - (f * TIME_PANEL_H as f64).round() as i32
+        };
+        for &(a, b) in shaded {
+            for x in px(a)..=px(b.min(x_max)) {
+                line(&mut img, x, top, x, top + TIME_PANEL_H, Rgb([253, 225, 225]));
+            }
+        }
+        let mut x = 0.0;
+        while x <= x_max + 1e-9 {
+            line(&mut img, px(x), top, px(x), top + TIME_PANEL_H, grey);
+            let lab = format!("{}", x.round() as i64);
+            text(
+                &mut img,
+                px(x) - text_width(&lab, 2) / 2,
+                top + TIME_PANEL_H + 8,
+                &lab,
+                2,
+                black,
+            );
+            x += xs;
+        }
+        let ticks: Vec<f64> = if p.log {
+            (lo as i32..=hi as i32).map(|d| 10f64.powi(d)).collect()
+        } else {
+            let ys = nice_step(hi);
+            (0..).map(|i| i as f64 * ys).take_while(|y| *y <= hi + 1e-9).collect()
+        };
+        for y in ticks {
+            line(&mut img, LEFT, py(y), LEFT + pw, py(y), grey);
+            let lab = if y >= 1.0 || y == 0.0 {
+                format!("{}", y.round() as i64)
+            } else {
+                format!("{y}")
+            };
+            text(&mut img, LEFT - text_width(&lab, 2) - 8, py(y) - 7, &lab, 2, black);
+        }
+        if let Some(m) = mark {
+            let mut yy = top;
+            while yy < top + TIME_PANEL_H {
+                line(&mut img, px(m), yy, px(m), (yy + 5).min(top + TIME_PANEL_H), black);
+                yy += 10;
+            }
+        }
+        rect(&mut img, LEFT, top, LEFT + pw, top + TIME_PANEL_H, black);
+        text(&mut img, LEFT, top - 18, p.y_label, 2, black);
+        for (si, s) in p.series.iter().enumerate() {
+            let col = Rgb(s.color);
+            let mut prev: Option<(i32, i32)> = None;
+            for &(x, y) in s.points {
+                if !y.is_finite() {
+                    prev = None;
+                    continue;
+                }
+                let q = (px(x), py(y));
+                match prev {
+                    Some(a) => {
+                        line(&mut img, a.0, a.1, q.0, q.1, col);
+                        line(&mut img, a.0, a.1 + 1, q.0, q.1 + 1, col);
+                    }
+                    None => {
+                        line(&mut img, q.0 - 1, q.1, q.0 + 1, q.1, col);
+                    }
+                }
+                prev = Some(q);
+            }
+            let ly = top + 10 + si as i32 * 20;
+            let lx = LEFT + pw - 420;
+            line(&mut img, lx, ly + 6, lx + 30, ly + 6, col);
+            line(&mut img, lx, ly + 7, lx + 30, ly + 7, col);
+            text(&mut img, lx + 38, ly, s.label, 2, black);
+        }
+    }
+    let lab = "TIME (S); SHADED: OVERLOAD; DASHED: END";
+    text(&mut img, LEFT + pw / 2 - text_width(lab, 2) / 2, h - 24, lab, 2, black);
     img.save(path)
 }
 
@@ -175,6 +322,7 @@ fn glyph(c: char) -> [u8; 7] {
         ',' => [0, 0, 0, 0, 0x0C, 0x04, 0x08],
         ':' => [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0],
         '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
+        ';' => [0, 0x0C, 0x0C, 0, 0x0C, 0x04, 0x08],
         '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
         ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
         '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
