@@ -91,7 +91,7 @@ fn ask(d: &Decision, reason: Reason) -> Decision {
 
 impl App {
     /// The second stage's cosines of the fused frames against a guest's templates: each frame's
-    /// second-stage embeddings are computed once (kept in the fusion), on the blocking pool within
+    /// second-stage embeddings are computed once (kept in the fusion), on the analysis threads within
     /// the analysis bound, then fused. Adds the time spent to `ms`. `None` (the student decides
     /// alone) when a frame has no second-stage input, the guest lacks templates, or the models fail
     /// (logged).

@@ -158,6 +158,12 @@ pub struct App {
     issuers: Vec<VerifyingKey>,
     reviews: broadcast::Sender<DecisionRow>,
     analyses: Arc<Semaphore>,
+    /// The threads that run the face pipeline: exactly `limits.max_concurrent_analyses` (the
+    /// semaphore above admits no more at once, so none waits here). A fixed set rather than tokio's
+    /// blocking pool, which grows to hundreds of short-lived threads under load: the pipeline's
+    /// per-thread scratch buffers and the allocator's per-thread arenas then stay bounded by this
+    /// count.
+    analysis_pool: Arc<rayon::ThreadPool>,
     models: ModelIds,
     /// Flips to true when the server shuts down, so long-lived streams end and let it finish.
     shutdown: watch::Sender<bool>,
@@ -213,6 +219,13 @@ impl App {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (reviews, _) = broadcast::channel(256);
         let analyses = Arc::new(Semaphore::new(settings.limits.max_concurrent_analyses));
+        let analysis_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(settings.limits.max_concurrent_analyses)
+            .thread_name(|i| format!("lobby-analysis-{i}"))
+            // A panic in the pipeline is answered as an internal error (its reply channel is
+            // dropped), not an abort of the server (rayon's default).
+            .panic_handler(|_| tracing::error!("a photo analysis panicked; answered as an internal error"))
+            .build()?;
         let (shutdown, _) = watch::channel(false);
         let l = &settings.limits;
         let quota = std::num::NonZeroU32::new(l.kiosk_frames_per_minute)
@@ -228,6 +241,7 @@ impl App {
             issuers,
             reviews,
             analyses,
+            analysis_pool: Arc::new(analysis_pool),
             models,
             shutdown,
             frames,
@@ -298,8 +312,8 @@ impl App {
         self.shutdown.subscribe()
     }
 
-    /// Runs `work` with the face pipeline on the blocking pool, within the bound on analyses at
-    /// once (a request waits `limits.queue_wait_ms` for a place, then gets `Busy`).
+    /// Runs `work` with the face pipeline on the analysis threads, within the bound on analyses
+    /// at once (a request waits `limits.queue_wait_ms` for a place, then gets `Busy`).
     async fn with_analyser<T: Send + 'static>(
         &self,
         work: impl FnOnce(&dyn Analyser) -> std::result::Result<T, VisionError> + Send + 'static,
@@ -310,12 +324,15 @@ impl App {
             .map_err(|_| AppError::Busy("too many photos in progress; try again shortly".into()))?
             .map_err(|_| AppError::Internal("analysis pool closed".into()))?;
         let analyser = self.analyser.clone();
-        let r = tokio::task::spawn_blocking(move || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.analysis_pool.spawn(move || {
             let _permit = permit;
-            work(analyser.as_ref())
-        })
-        .await
-        .map_err(|_| AppError::Internal("analysis task failed".into()))?;
+            // The caller may have gone (a cancelled request): nobody to answer.
+            let _ = tx.send(work(analyser.as_ref()));
+        });
+        let r = rx
+            .await
+            .map_err(|_| AppError::Internal("analysis task failed".into()))?;
         Ok(r?)
     }
 }
