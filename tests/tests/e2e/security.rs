@@ -491,3 +491,59 @@ async fn streams_and_pages_are_bounded() {
     );
     s.stop().await;
 }
+
+/// HTTP/2 `max_concurrent_streams` (`limits.max_streams_per_connection`): the server tells each
+/// connection how many streams it may hold open, so one connection (a proxy carrying many kiosks,
+/// or one misbehaving client) cannot hold more; the client queues the next stream until one ends.
+/// Without the setting the third stream below opens at once and the test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_at_most_its_stream_bound() {
+    let Some(s) = start_with(&scratch_dir("conn-streams"), &issuer_key(), None, |st| {
+        st.limits.max_streams_per_connection = 2;
+        st.limits.max_streams_per_caller = 8;
+        st.limits.check_in_stream_secs = 60;
+    })
+    .await
+    else {
+        return;
+    };
+    let open = |mut k: pv::kiosk_service_client::KioskServiceClient<client::Authed>| async move {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pv::CheckInRequest>(1);
+        let r = k
+            .check_in_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(|r| r.into_inner());
+        (tx, r)
+    };
+    let channel = s.channel().await;
+    let kiosk = client::kiosk(channel.clone(), &s.tokens.kiosk).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (tx, r) = open(kiosk.clone()).await;
+        held.push((tx, r.expect("a stream within the bound opens")));
+    }
+    // A third stream on the same connection waits for a free place ...
+    let third = tokio::spawn(open(kiosk.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third stream opened on a connection bound to two"
+    );
+    // ... while another connection is served at once ...
+    let other = client::kiosk(s.channel().await, &s.tokens.kiosk).unwrap();
+    let (_txo, ro) = tokio::time::timeout(Duration::from_secs(5), open(other))
+        .await
+        .expect("another connection is not held up");
+    assert!(ro.is_ok());
+    // ... and it opens once one of the two ends.
+    let (tx, mut r) = held.pop().unwrap();
+    drop(tx);
+    while r.next().await.is_some() {}
+    let (_tx3, r3) = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the queued stream opens when a place is free")
+        .unwrap();
+    assert!(r3.is_ok());
+    drop(held);
+    s.stop().await;
+}
