@@ -7,6 +7,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod import;
 pub mod ladder;
 
 pub use lobby_proto::v1 as proto;

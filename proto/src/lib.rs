@@ -1,5 +1,9 @@
 //! The Lobby API, package `lobby.v1`, generated once from `proto/lobby/v1/lobby.proto`.
 
+/// The protobuf runtime the messages are generated for (`prost::Message` to encode and decode them
+/// without a gRPC transport, as the fuzzing entry points do).
+pub use prost;
+
 pub mod v1 {
     tonic::include_proto!("lobby.v1");
 

@@ -11,6 +11,9 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod domain;
+/// Entry points for fuzzing and its corpus replay (tests/fuzz); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gallery;
 pub mod server;
 pub mod store;
