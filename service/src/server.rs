@@ -1,5 +1,5 @@
 //! The gRPC server as a testable entry point: [`run`] serves on any bound listener until a shutdown
-//! future completes (tests bind `127.0.0.1:0`).
+//! future completes (tests and benchmarks use [`Loopback`]: `127.0.0.1:0`).
 
 use crate::api::{FrontDesk, Kiosk, Reservations};
 use crate::auth::{AuthLayer, AuthPolicy, Credentials};
@@ -166,5 +166,54 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A server on an ephemeral loopback port, for tests and benchmarks: [`run`] on `127.0.0.1:0` in a
+/// task of the current runtime, with its stop signal. Dropped without [`Loopback::stop`], the
+/// server is told to stop and not waited for.
+pub struct Loopback {
+    /// `http://127.0.0.1:<port>`.
+    pub addr: String,
+    pub app: Arc<App>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Loopback {
+    /// Binds `127.0.0.1:0` and starts serving.
+    pub async fn start(app: Arc<App>, creds: Arc<Credentials>) -> std::io::Result<Loopback> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let handle = tokio::spawn(run(listener, shutdown, app.clone(), creds));
+        Ok(Loopback {
+            addr,
+            app,
+            stop: Some(stop),
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the server as SIGTERM does and waits for [`run`] to return; its result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
     }
 }

@@ -93,7 +93,7 @@ pub mod server {
     use lobby_service::auth::{hash_token, new_token, Credentials};
     use lobby_service::config::{Role, Settings, TokenEntry};
     use lobby_service::core::App;
-    use tokio::sync::oneshot;
+    use lobby_service::server::Loopback;
 
     pub const PROPERTY: &str = "hotel-test";
     pub const OTHER_PROPERTY: &str = "hotel-other";
@@ -109,8 +109,7 @@ pub mod server {
         pub addr: String,
         pub tokens: Tokens,
         pub data_dir: PathBuf,
-        stop: Option<oneshot::Sender<()>>,
-        handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+        server: Loopback,
     }
 
     /// A fresh, empty data directory under target/.
@@ -164,23 +163,12 @@ pub mod server {
         ])
         .expect("credentials");
         let app = Arc::new(App::start(s, vision).await.expect("app starts"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(lobby_service::server::run(
-            listener,
-            async move {
-                let _ = rx.await;
-            },
-            app,
-            Arc::new(creds),
-        ));
+        let server = Loopback::start(app, Arc::new(creds)).await.expect("bind 127.0.0.1:0");
         Some(TestServer {
-            addr,
+            addr: server.addr.clone(),
             tokens,
             data_dir: data_dir.to_path_buf(),
-            stop: Some(tx),
-            handle: Some(handle),
+            server,
         })
     }
 
@@ -211,22 +199,13 @@ pub mod server {
             client::reservations(self.channel().await, &self.tokens.enroller).unwrap()
         }
         /// Stops the server and waits for it; returns its tokens for a restart.
-        pub async fn stop(mut self) -> Tokens {
-            if let Some(tx) = self.stop.take() {
-                let _ = tx.send(());
-            }
-            if let Some(h) = self.handle.take() {
-                h.await.expect("server task").expect("the server stops cleanly");
-            }
-            std::mem::replace(
-                &mut self.tokens,
-                Tokens {
-                    kiosk: String::new(),
-                    other_kiosk: String::new(),
-                    staff: String::new(),
-                    enroller: String::new(),
-                },
-            )
+        pub async fn stop(self) -> Tokens {
+            self.server.stop().await.expect("the server stops cleanly");
+            self.tokens
+        }
+        /// The server's core, for what no RPC shows (the templates in a property's index).
+        pub fn app(&self) -> &App {
+            &self.server.app
         }
     }
 }
@@ -269,28 +248,36 @@ pub mod guests {
 
     /// Upserts a reservation for today (guest_ref = the identity) and enrols one photo with consent.
     pub async fn enrol(s: &TestServer, identity: &str, photo: &Path) -> pv::EnrollFaceResponse {
-        let mut c = s.enroller().await;
-        c.upsert_reservation(pv::UpsertReservationRequest {
-            reservation: Some(pv::Reservation {
-                property_id: PROPERTY.into(),
-                reservation_code: code_of(identity),
-                guest: Some(pv::Guest {
-                    guest_id: String::new(),
-                    full_name: format!("Guest {identity}"),
-                    guest_ref: identity.into(),
-                }),
-                arrival_date: today(),
-                departure_date: tomorrow(),
-                status: pv::ReservationStatus::Booked as i32,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("upsert");
-        c.enroll_face(enrol_request(identity, photo))
+        book(s, identity).await;
+        s.enroller()
+            .await
+            .enroll_face(enrol_request(identity, photo))
             .await
             .expect("enrol")
             .into_inner()
+    }
+
+    /// Upserts a reservation for today, BOOKED, guest_ref = the identity; nothing enrolled.
+    pub async fn book(s: &TestServer, identity: &str) {
+        s.enroller()
+            .await
+            .upsert_reservation(pv::UpsertReservationRequest {
+                reservation: Some(pv::Reservation {
+                    property_id: PROPERTY.into(),
+                    reservation_code: code_of(identity),
+                    guest: Some(pv::Guest {
+                        guest_id: String::new(),
+                        full_name: format!("Guest {identity}"),
+                        guest_ref: identity.into(),
+                    }),
+                    arrival_date: today(),
+                    departure_date: tomorrow(),
+                    status: pv::ReservationStatus::Booked as i32,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("upsert");
     }
 
     /// An enrolment of one photo with consent, for the identity's reservation.

@@ -66,8 +66,7 @@ struct Server {
     addr: String,
     kiosk_tokens: Vec<String>,
     enroller: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<Result<()>>,
+    loopback: lobby_service::server::Loopback,
     dir: PathBuf,
 }
 
@@ -101,23 +100,13 @@ async fn start(args: &Args, properties: usize) -> Result<Server> {
     }
     let creds = Credentials::new(&entries).map_err(anyhow::Error::msg)?;
     let app = Arc::new(App::start(settings, vision).await?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = format!("http://{}", listener.local_addr()?);
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(lobby_service::server::run(
-        listener,
-        async move {
-            let _ = rx.await;
-        },
-        app,
-        Arc::new(creds),
-    ));
+    let loopback = lobby_service::server::Loopback::start(app, Arc::new(creds)).await?;
+    let addr = loopback.addr.clone();
     Ok(Server {
         addr,
         kiosk_tokens,
         enroller,
-        stop,
-        handle,
+        loopback,
         dir,
     })
 }
@@ -434,8 +423,7 @@ async fn main() -> Result<()> {
         }
     }
     let checkin_s = t_checkin.elapsed().as_secs_f64();
-    let _ = server.stop.send(());
-    server.handle.await.context("server task")??;
+    server.loopback.stop().await.context("server")?;
     let _ = std::fs::remove_dir_all(&server.dir);
 
     let groups = [

@@ -369,8 +369,7 @@ async fn main() -> Result<()> {
     let (rss_series, thread_series) = sampler.await.unwrap_or_default();
     let threads_max = thread_series.iter().map(|x| x.1).fold(0.0, f64::max);
     let hwm = hwm_mib();
-    let _ = server.stop.send(());
-    server.handle.await.context("server task")??;
+    server.loopback.stop().await.context("server")?;
     if !args.keep_data {
         let _ = std::fs::remove_dir_all(&server.dir);
     }

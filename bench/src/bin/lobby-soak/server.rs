@@ -9,8 +9,7 @@ pub(crate) struct Server {
     pub(crate) kiosk_ids: Vec<String>,
     pub(crate) staff: String,
     pub(crate) enroller: String,
-    pub(crate) stop: tokio::sync::oneshot::Sender<()>,
-    pub(crate) handle: tokio::task::JoinHandle<Result<()>>,
+    pub(crate) loopback: lobby_service::server::Loopback,
     pub(crate) dir: PathBuf,
     pub(crate) settings_note: String,
 }
@@ -59,25 +58,15 @@ pub(crate) async fn start(args: &Args, props: &[String]) -> Result<Server> {
     }
     let creds = Credentials::new(&entries).map_err(anyhow::Error::msg)?;
     let app = Arc::new(App::start(settings, vision).await?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = format!("http://{}", listener.local_addr()?);
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(lobby_service::server::run(
-        listener,
-        async move {
-            let _ = rx.await;
-        },
-        app,
-        Arc::new(creds),
-    ));
+    let loopback = lobby_service::server::Loopback::start(app, Arc::new(creds)).await?;
+    let addr = loopback.addr.clone();
     Ok(Server {
         addr,
         kiosk_tokens,
         kiosk_ids,
         staff: staff_token,
         enroller,
-        stop,
-        handle,
+        loopback,
         dir,
         settings_note,
     })
