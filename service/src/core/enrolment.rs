@@ -173,6 +173,8 @@ impl App {
             .store
             .enrol(property, code, &consent, &templates, &caller.id, now_ms())
             .await?;
+        // Between the store's commit and the index update (the race tests hold enrolments here).
+        super::test_point("enrol::before_index").await?;
         self.matcher.remove(property, &e.replaced).await?;
         self.matcher.add(property, &e.guest_id, &e.added, templates).await?;
         Ok((e.guest_id, outcomes, clean))

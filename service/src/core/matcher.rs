@@ -132,7 +132,6 @@ impl Matcher {
     }
 
     /// Templates in a property's index.
-    #[cfg(test)]
     pub fn indexed(&self, property: &str) -> usize {
         self.gallery.len(property)
     }

@@ -143,6 +143,31 @@ impl ModelIds {
     }
 }
 
+/// A point where the race and failure tests hold or fail a request (fail-rs, cargo feature
+/// `failpoints`, which only the test suite turns on). Configured by `fail::cfg(name, ...)`:
+/// `return(<ms>)` waits that long here, on the runtime's timer (no thread held); `return(error)`
+/// fails the request here as an internal error. Without the feature it is nothing at all, and
+/// nothing outside the process can configure it (the service never reads `FAILPOINTS`).
+#[allow(unused_variables)]
+pub(crate) async fn test_point(name: &str) -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    {
+        let action = (|| {
+            fail::fail_point!(name, |a: Option<String>| a);
+            None
+        })();
+        match action.as_deref() {
+            None => {}
+            Some("error") => return Err(AppError::Internal(format!("failure injected at {name}"))),
+            Some(ms) => match ms.parse::<u64>() {
+                Ok(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Err(_) => return Err(AppError::Internal(format!("{name}: unknown test action {ms:?}"))),
+            },
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn new_decision_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 12];
@@ -252,6 +277,11 @@ impl App {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Templates in a property's search index (in memory; the store holds them all).
+    pub fn indexed_templates(&self, property: &str) -> usize {
+        self.matcher.indexed(property)
     }
 
     /// The face pipeline's settings the service's settings call for.
