@@ -122,6 +122,7 @@ pub async fn drive(
                 photo: frame,
                 reservation_code: code.clone().unwrap_or_default(),
                 health_qr: qr.to_string(),
+                guest_declines_face: false,
             })
             .await?;
         run.frames_sent += 1;

@@ -74,6 +74,13 @@ enum KioskCmd {
         #[arg(long)]
         qr: Option<PathBuf>,
     },
+    /// The guest declines face check-in: no photo is taken; the front desk checks them in (REVIEW,
+    /// FACE_DECLINED).
+    Decline {
+        /// The guest's reservation code, if they have it (tells the desk which booking).
+        #[arg(long)]
+        reservation: Option<String>,
+    },
     /// Check a guest in through the stream, climbing the escalation ladder. Frames are the photos
     /// given (files, or a folder's photos in name order); the last is shown again while the server
     /// needs more. Asked for the booking code: --code-on-ask, --booking-qr, or a prompt on the
@@ -235,11 +242,24 @@ async fn main() -> Result<()> {
                             photo: bytes,
                             reservation_code: reservation.clone().unwrap_or_default(),
                             health_qr: read_qr(qr)?,
+                            guest_declines_face: false,
                         })
                         .await?
                         .into_inner();
                     print_checkin(&r);
                     println!("client    {:.1} ms round trip", t.elapsed().as_secs_f64() * 1000.0);
+                }
+                KioskCmd::Decline { reservation } => {
+                    let r = c
+                        .check_in(pv::CheckInRequest {
+                            photo: Vec::new(),
+                            reservation_code: reservation.clone().unwrap_or_default(),
+                            health_qr: String::new(),
+                            guest_declines_face: true,
+                        })
+                        .await?
+                        .into_inner();
+                    print_checkin(&r);
                 }
                 KioskCmd::Stream {
                     photos,

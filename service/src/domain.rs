@@ -81,6 +81,8 @@ named! {
         ShowReservation = "SHOW_RESERVATION",
         LowerMask = "LOWER_MASK",
         HoldStill = "HOLD_STILL",
+        FaceDeclined = "FACE_DECLINED",
+        NoConsent = "NO_CONSENT",
     }
 }
 

@@ -322,6 +322,7 @@ pub mod guests {
         s.kiosk()
             .await
             .check_in(pv::CheckInRequest {
+                guest_declines_face: false,
                 photo: std::fs::read(photo).expect("photo"),
                 reservation_code: code.into(),
                 health_qr: qr.into(),

@@ -165,6 +165,8 @@ impl From<Reason> for pv::Reason {
             Reason::ShowReservation => P::ShowReservation,
             Reason::LowerMask => P::LowerMask,
             Reason::HoldStill => P::HoldStill,
+            Reason::FaceDeclined => P::FaceDeclined,
+            Reason::NoConsent => P::NoConsent,
         }
     }
 }

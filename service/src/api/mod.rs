@@ -134,7 +134,11 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
         let c = caller(&req)?;
         let r = req.into_inner();
         validate::check_in_frame(&r)?;
-        let done = self.0.check_in(&c, r.photo, &r.reservation_code, &r.health_qr).await?;
+        let done = if r.guest_declines_face {
+            self.0.decline(&c, &r.reservation_code).await?
+        } else {
+            self.0.check_in(&c, r.photo, &r.reservation_code, &r.health_qr).await?
+        };
         Ok(Response::new(recorded_response(&done)))
     }
 
@@ -168,6 +172,12 @@ impl pv::kiosk_service_server::KioskService for Kiosk {
                 if let Err(e) = validate::check_in_frame(&frame) {
                     let _ = tx.send(Err(e.into())).await;
                     break;
+                }
+                if frame.guest_declines_face {
+                    // The guest's choice ends the stream at the desk, whatever came before.
+                    let done = app.stream_decline(&c, stream, &frame.reservation_code).await;
+                    let _ = tx.send(done.map(|d| recorded_response(&d)).map_err(Into::into)).await;
+                    return;
                 }
                 let answer = app
                     .stream_frame(&c, &mut stream, frame.photo, &frame.reservation_code, &frame.health_qr)

@@ -37,9 +37,16 @@ pub fn date(field: &str, v: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad(format!("{field} must be a date YYYY-MM-DD")))
 }
 
-/// A check-in frame's fields: a photo, a well-formed code if any, a QR of sane length.
+/// A check-in frame's fields: a photo (none when the guest declines face check-in), a well-formed
+/// code if any, a QR of sane length.
 pub fn check_in_frame(r: &lobby_proto::v1::CheckInRequest) -> Result<()> {
-    if r.photo.is_empty() {
+    if r.guest_declines_face {
+        if !r.photo.is_empty() {
+            return Err(bad(
+                "a guest who declines face check-in is not photographed: send no photo with guest_declines_face",
+            ));
+        }
+    } else if r.photo.is_empty() {
         return Err(bad("photo is required"));
     }
     if !r.reservation_code.is_empty() {

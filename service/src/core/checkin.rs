@@ -325,6 +325,51 @@ impl App {
         self.record(caller, eval).await
     }
 
+    /// The guest declines face check-in: nothing is analysed (no photo is sent); a REVIEW with
+    /// FACE_DECLINED is recorded and pushed to the front desk, naming for staff the reservation
+    /// whose code the kiosk sent, if there is one (the kiosk is told the same whatever the code).
+    pub async fn decline(&self, caller: &Caller, code: &str) -> Result<CheckIn> {
+        self.declined(caller, code, Session::unary()).await
+    }
+
+    /// A stream's guest declines face check-in: the same, with the stream's frames and steps on
+    /// record. The stream ends.
+    pub async fn stream_decline(&self, caller: &Caller, stream: CheckInStream, code: &str) -> Result<CheckIn> {
+        self.declined(caller, code, stream.session).await
+    }
+
+    async fn declined(&self, caller: &Caller, code: &str, mut session: Session) -> Result<CheckIn> {
+        let started = Instant::now();
+        let property = caller.kiosk_property()?.to_string();
+        self.take_frame(caller)?;
+        session.frame(code);
+        let candidate = match &session.code {
+            Some(code) => self.store.get_reservation(&property, code).await?.filter(|r| !r.erased),
+            None => None,
+        };
+        let eval = Evaluated {
+            decision: policy::declined(candidate),
+            analysis: Analysis {
+                width: 0,
+                height: 0,
+                faces: Vec::new(),
+                primary: None,
+                timings: Default::default(),
+            },
+            search_ms: 0.0,
+            second_ms: 0.0,
+            decide_ms: 0.0,
+            started,
+            steps: session.steps().to_vec(),
+            frames: session.frames,
+            fused_frames: 0,
+            p_real: 0.0,
+            masked: false,
+            capture_problem: false,
+        };
+        self.record(caller, eval).await
+    }
+
     /// Opens a check-in stream for a kiosk: a place among its open streams, and a deadline.
     pub fn open_check_in_stream(&self, caller: &Caller) -> Result<CheckInStream> {
         caller.kiosk_property()?;

@@ -114,6 +114,9 @@ pub fn message(outcome: Outcome, reasons: &[Reason]) -> String {
     let first = reasons.first().copied();
     match outcome {
         Outcome::Approved => "Welcome! You are checked in. Your room key is being prepared.".into(),
+        Outcome::Review if first == Some(Reason::FaceDeclined) => {
+            "Of course. A member of our front-desk team will check you in in a moment.".into()
+        }
         Outcome::Review => "Thank you. A member of our front-desk team will be with you in a moment.".into(),
         Outcome::Denied => "We could not complete your check-in here. Please see the front desk.".into(),
         Outcome::Retry => match first {
@@ -164,13 +167,15 @@ pub fn kiosk_view(d: &Decision) -> KioskView {
             | Reason::NotLive
             | Reason::ShowReservation
             | Reason::LowerMask
-            | Reason::HoldStill => Some(r),
+            | Reason::HoldStill
+            | Reason::FaceDeclined => Some(r),
             Reason::Matched => matched.then_some(r),
             Reason::NoMatch
             | Reason::LowMatchScore
             | Reason::AmbiguousMatch
             | Reason::ReservationNotFound
-            | Reason::NotEnrolled => Some(Reason::NoMatch),
+            | Reason::NotEnrolled
+            | Reason::NoConsent => Some(Reason::NoMatch),
             Reason::WrongArrivalDay
             | Reason::AlreadyCheckedIn
             | Reason::ReservationCancelled
@@ -258,6 +263,26 @@ fn not_confident_reason(p: &Policy, j: &Judged) -> Reason {
     }
 }
 
+/// The guest declined face check-in (PIPL; the 2025 CAC rules require an alternative to face
+/// recognition): the front desk checks them in. Never DENIED, never a RETRY. `candidate` is the
+/// reservation whose code the kiosk sent, for staff only.
+pub fn declined(candidate: Option<ReservationView>) -> Decision {
+    let reasons = vec![Reason::FaceDeclined];
+    Decision {
+        outcome: Outcome::Review,
+        guest_message: message(Outcome::Review, &reasons),
+        reasons,
+        reservation: None,
+        candidate,
+        score: -1.0,
+        threshold: 0.0,
+        cascade: None,
+        live: false,
+        health_used: None,
+        identity: IdentityState::Final,
+    }
+}
+
 /// Decides a check-in. `face` is the guest's face (None: no face found). An identity that is not
 /// confident gives REVIEW here, never DENIED; the escalation ladder (`super::ladder`) may first
 /// turn it into a RETRY that asks something of the guest.
@@ -334,6 +359,8 @@ pub fn decide(
             judged,
         }) => match judged {
             _ if r.erased => not_confident(&mut d, Reason::NotEnrolled, None, IdentityState::Final),
+            // No consent to face check-in: no templates either; the desk, and why.
+            _ if !r.consent => not_confident(&mut d, Reason::NoConsent, Some(r), IdentityState::Final),
             None => not_confident(&mut d, Reason::NotEnrolled, Some(r), IdentityState::Final),
             Some(j) if j.accepted => {
                 d.reasons.push(Reason::Matched);

@@ -312,3 +312,20 @@ fn stay_rules() {
         (Outcome::Review, Reason::NotEnrolled, IdentityState::Final)
     );
 }
+
+#[test]
+fn a_guest_who_declines_goes_to_the_desk_and_the_kiosk_hears_only_that() {
+    let d = declined(None);
+    assert_eq!(d.outcome, Outcome::Review);
+    assert_eq!(d.reasons, vec![Reason::FaceDeclined]);
+    assert!(d.reservation.is_none());
+    let v = kiosk_view(&d);
+    assert_eq!(v.outcome, Outcome::Review);
+    assert_eq!(v.reasons, vec![Reason::FaceDeclined]);
+    assert_eq!(v.reservation_code, None);
+    assert!(v.guest_message.contains("front-desk"), "{}", v.guest_message);
+    // NO_CONSENT is for staff: a kiosk hears NO_MATCH, as for any code it cannot use.
+    let mut n = declined(None);
+    n.reasons = vec![Reason::NoConsent];
+    assert_eq!(kiosk_view(&n).reasons, vec![Reason::NoMatch]);
+}

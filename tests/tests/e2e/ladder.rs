@@ -306,6 +306,7 @@ async fn a_unary_check_in_answers_the_next_step() {
     set_health(&s, guest, pv::HealthColour::Green, true).await;
     let (_, stranger) = ids.iter().find(|(id, _)| id.starts_with("deepface_person0")).unwrap();
     let ask = |code: &str| pv::CheckInRequest {
+        guest_declines_face: false,
         photo: read(&stranger[0]),
         reservation_code: code.into(),
         health_qr: String::new(),

@@ -1091,6 +1091,114 @@ async fn masked_guests_enrolled_unmasked_check_in() {
     s.stop().await;
 }
 
+/// The guest who says no (PIPL; the CAC's 2025 rules require an alternative to face recognition):
+/// a kiosk's "guest declines face check-in" is a REVIEW with FACE_DECLINED, recorded and queued
+/// for the desk, naming the booking to staff when the kiosk sent its code, and the same kiosk
+/// answer whatever the code; no photo goes with it. A stream's guest may decline after any frame.
+/// A reservation without consent to face check-in goes to the desk too, with NO_CONSENT for staff
+/// (the kiosk sees NO_MATCH, as for any code it cannot use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_who_declines_face_check_in_goes_to_the_desk() {
+    let Some(data) = data_dir() else { return };
+    let Some(s) = start_with(&scratch_dir("decline"), &public_key_b64(&issuer()), None, |st| {
+        st.policy.liveness_threshold = 0.0;
+    })
+    .await
+    else {
+        return;
+    };
+    let ids = identities(&data);
+    let mut with_two = ids.iter().filter(|(_, p)| p.len() >= 2);
+    let (id, photos) = with_two.next().unwrap();
+    let (no_consent, other_photos) = with_two.next().unwrap();
+    enrol(&s, id, &photos[0]).await;
+    set_health(&s, id, pv::HealthColour::Green, true).await;
+    let decline = |code: &str| pv::CheckInRequest {
+        reservation_code: code.into(),
+        guest_declines_face: true,
+        ..Default::default()
+    };
+    let mut k = s.kiosk().await;
+    let known = k.check_in(decline(&code_of(id))).await.unwrap().into_inner();
+    let unknown = k.check_in(decline("R-nobody-at-all")).await.unwrap().into_inner();
+    let none = k.check_in(decline("")).await.unwrap().into_inner();
+    for r in [&known, &unknown, &none] {
+        assert_eq!(outcome(r), pv::Outcome::Review, "{r:?}");
+        assert_eq!(r.reasons, vec![pv::Reason::FaceDeclined as i32], "{r:?}");
+        assert!(r.guest_message.contains("front-desk"), "{}", r.guest_message);
+        assert!(
+            r.reservation_code.is_empty() && r.face.is_none() && r.quality.is_none(),
+            "{r:?}"
+        );
+        assert!(!r.decision_id.is_empty());
+    }
+    assert_eq!(known.guest_message, unknown.guest_message);
+    // Staff: recorded, pending at the desk, naming the booking only when the code was real.
+    let record = s.record(&known.decision_id).await;
+    assert_eq!(record.reservation_code, code_of(id));
+    assert_eq!(record.reasons, vec![pv::Reason::FaceDeclined as i32]);
+    assert_eq!(record.final_outcome, pv::Outcome::Review as i32);
+    assert!(s.record(&unknown.decision_id).await.reservation_code.is_empty());
+    let pending = s
+        .staff()
+        .await
+        .list_pending_reviews(pv::ListPendingReviewsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    for r in [&known, &unknown, &none] {
+        assert!(
+            pending.decisions.iter().any(|p| p.decision_id == r.decision_id),
+            "{} is not pending at the desk",
+            r.decision_id
+        );
+    }
+    // Declining is not photographed: a photo with it is refused.
+    let mut with_photo = decline("");
+    with_photo.photo = std::fs::read(&photos[0]).unwrap();
+    let e = k.check_in(with_photo).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // In a stream, after a frame of guidance: the stream ends at the desk with both frames on record.
+    let frames = vec![
+        pv::CheckInRequest {
+            photo: read(&data, "edge_cases/no_face/view.jpg"),
+            ..Default::default()
+        },
+        decline(""),
+    ];
+    let mut answers = k.check_in_stream(tokio_stream_iter(frames)).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(a) = answers.message().await.unwrap() {
+        got.push(a);
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(outcome(&got[0]), pv::Outcome::Retry);
+    assert_eq!(outcome(&got[1]), pv::Outcome::Review);
+    assert_eq!(got[1].reasons, vec![pv::Reason::FaceDeclined as i32]);
+    assert_eq!(s.record(&got[1].decision_id).await.frames, 2);
+    // The guest is still BOOKED: the desk checks them in.
+    let res = s
+        .enroller()
+        .await
+        .get_reservation(pv::GetReservationRequest {
+            property_id: PROPERTY.into(),
+            reservation_code: code_of(id),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(res.status, pv::ReservationStatus::Booked as i32);
+    // A booking without consent (never enrolled): the desk, NO_CONSENT for staff only.
+    lobby_tests::guests::book(&s, no_consent).await;
+    let r = check_in(&s, &other_photos[0], &code_of(no_consent), "").await;
+    assert_eq!(outcome(&r), pv::Outcome::Review, "{r:?}");
+    assert!(!r.reasons.contains(&(pv::Reason::NoConsent as i32)), "{r:?}");
+    let record = s.record(&r.decision_id).await;
+    assert!(record.reasons.contains(&(pv::Reason::NoConsent as i32)), "{record:?}");
+    assert_eq!(record.reservation_code, code_of(no_consent));
+    s.stop().await;
+}
+
 /// Stopping (what SIGTERM and Ctrl-C do in `lobby-server`): health says NOT_SERVING while the server
 /// is still up, a front desk's review stream is told to end, and the server returns cleanly — well
 /// before the grace period once nothing is in flight.

@@ -134,6 +134,7 @@ pub(crate) async fn unary(
 ) -> bool {
     let t0 = Instant::now();
     let req = pv::CheckInRequest {
+        guest_declines_face: false,
         photo,
         reservation_code: code.into(),
         health_qr: String::new(),

@@ -363,6 +363,7 @@ fn requests() {
         5,
         "check_in",
         pv::CheckInRequest {
+            guest_declines_face: false,
             photo: b"\xff\xd8\xff\xe0".to_vec(),
             reservation_code: "R-1001".into(),
             health_qr: "LHC1.e30.AA".into(),
