@@ -482,7 +482,7 @@ pub fn parse_token_file(text: &str) -> Result<Vec<TokenEntry>, String> {
         .map_err(|e| e.to_string())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

@@ -26,6 +26,36 @@ pub struct Settings {
     pub tls: TlsSettings,
     #[serde(default)]
     pub time: TimeSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+/// The audit trail's anchors (`store::audit`): signed checkpoints, in the database and in a file
+/// outside it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// A checkpoint once this many entries are not covered by one...
+    pub checkpoint_every_entries: u64,
+    /// ...or once the newest entry is this old without one.
+    pub checkpoint_every_secs: u64,
+    /// The append-only checkpoint file (one JSON object per line); empty:
+    /// `<data_dir>/audit-checkpoints.jsonl`. Point it at write-once or remote storage.
+    pub checkpoint_file: String,
+    /// The Ed25519 signing key (created 0600 on first start; its public key beside it, `.pub`);
+    /// empty: `<data_dir>/audit-signing.key`.
+    pub signing_key_file: String,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            checkpoint_every_entries: 100,
+            checkpoint_every_secs: 60,
+            checkpoint_file: String::new(),
+            signing_key_file: String::new(),
+        }
+    }
 }
 
 /// Each property's calendar: "today" (arrival day, the 1:N search's expected guests) is the date in
@@ -414,6 +444,22 @@ impl Settings {
         self.data_dir.join("lobby.sqlite3")
     }
 
+    /// The audit checkpoint file.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        match self.audit.checkpoint_file.as_str() {
+            "" => self.data_dir.join("audit-checkpoints.jsonl"),
+            f => PathBuf::from(f),
+        }
+    }
+
+    /// The audit signing key's file (the public key: the same name with `.pub` added).
+    pub fn signing_key_path(&self) -> PathBuf {
+        match self.audit.signing_key_file.as_str() {
+            "" => self.data_dir.join("audit-signing.key"),
+            f => PathBuf::from(f),
+        }
+    }
+
     pub fn model_dir(&self) -> PathBuf {
         if self.models.dir.is_empty() {
             self.data_dir.join("models")
@@ -569,6 +615,12 @@ impl Settings {
                     "must be IANA time zone names (or \"local\")",
                 );
             }
+        }
+        if self.audit.checkpoint_every_entries == 0 {
+            return bad("audit.checkpoint_every_entries", "must be positive");
+        }
+        if self.audit.checkpoint_every_secs == 0 {
+            return bad("audit.checkpoint_every_secs", "must be positive");
         }
         if self.auth.reload_ms == 0 {
             return bad("auth.reload_ms", "must be positive");

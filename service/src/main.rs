@@ -174,6 +174,12 @@ async fn serve(args: Args, settings: Settings) -> anyhow::Result<()> {
     tracing::info!(models = %model_dir.display(), "models verified and loaded");
     let listen = settings.listen;
     let app = Arc::new(App::start(settings, vision).await?);
+    tracing::info!(
+        public_key = %app.audit_public_key(),
+        file = %app.settings().signing_key_path().display(),
+        checkpoints = %app.settings().checkpoint_path().display(),
+        "audit checkpoints are signed with this key (keep it to verify exported trails)"
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

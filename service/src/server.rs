@@ -60,6 +60,16 @@ async fn reload_credentials(app: Arc<App>, creds: Arc<Credentials>) {
     }
 }
 
+/// Writes the audit trail's signed checkpoints as they fall due (`[audit]`).
+async fn keep_checkpoints(app: Arc<App>) {
+    loop {
+        tokio::time::sleep(app.audit_checkpoint_tick()).await;
+        if let Err(e) = app.checkpoint_audit(false).await {
+            tracing::error!(error = %e, "audit checkpoint not written");
+        }
+    }
+}
+
 /// The health check's names: the server as a whole (""), then each service.
 const SERVICES: [&str; 4] = [
     "",
@@ -90,6 +100,7 @@ pub async fn run(
     }
     let reloader = tokio::spawn(reload_credentials(app.clone(), creds.clone()));
     let _reloader = AbortOnDrop(reloader);
+    let _checkpoints = AbortOnDrop(tokio::spawn(keep_checkpoints(app.clone())));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for name in SERVICES {
         health_reporter
@@ -117,6 +128,7 @@ pub async fn run(
         .max_encoding_message_size(max);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping_health = health_reporter.clone();
+    let app_at_end = app.clone();
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -157,6 +169,10 @@ pub async fn run(
         } => {
             tracing::warn!(grace_ms = limits.shutdown_grace_ms, "calls still in flight after the grace period; stopping");
         }
+    }
+    // The trail's tail, anchored before the process ends.
+    if let Err(e) = app_at_end.checkpoint_audit(true).await {
+        tracing::error!(error = %e, "last audit checkpoint not written");
     }
     Ok(())
 }

@@ -315,6 +315,7 @@ impl pv::front_desk_service_server::FrontDeskService for FrontDesk {
             intact: v.first_broken.is_none(),
             entries: v.entries,
             first_broken_seq: v.first_broken.as_ref().map(|(s, _)| *s as u64).unwrap_or(0),
+            checkpoints: v.checkpoints,
             detail: v
                 .first_broken
                 .map(|(s, why)| format!("entry {s}: {why}"))

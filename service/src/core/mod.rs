@@ -6,6 +6,7 @@
 //! [`crate::store::Store`].
 
 mod analyser;
+mod anchor;
 mod caller;
 pub mod cascade;
 pub mod checkin;
@@ -19,6 +20,7 @@ mod reservations;
 mod reviews;
 
 pub use analyser::{Analyser, Enrolment};
+pub use anchor::{public_key_b64 as audit_key_b64, read_checkpoint_file};
 pub use caller::Caller;
 pub use checkin::{CheckIn, CheckInStream, Evaluated, StreamAnswer};
 pub use enrolment::{Consent, PhotoOutcome, Rejection};
@@ -198,6 +200,8 @@ pub struct App {
     /// index update, so they cannot interleave (erased vectors back in the index). Striped: a
     /// fixed number of locks, a reservation's by the hash of its key.
     guest_locks: Vec<tokio::sync::Mutex<()>>,
+    /// The audit trail's signing key and checkpoints.
+    anchor: Arc<anchor::Anchor>,
     /// Long-lived streams open per credential holder.
     streams: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
@@ -234,6 +238,8 @@ impl App {
         analyser: Arc<dyn Analyser>,
         store: Arc<dyn Store>,
     ) -> anyhow::Result<App> {
+        let last_checkpoint = store.checkpoints().await?.last().map(|c| c.seq).unwrap_or(0);
+        let anchor = Arc::new(anchor::Anchor::open(&settings, last_checkpoint)?);
         let models = ModelIds::new(&settings.cascade);
         let matcher = Matcher::build(store.clone(), &settings, models.clone()).await?;
         let issuers = settings
@@ -272,6 +278,7 @@ impl App {
             frames,
             streams: Arc::default(),
             guest_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            anchor,
         })
     }
 

@@ -3,7 +3,7 @@
 
 use super::{now_ms, App, AppError, Caller, Result};
 use crate::domain::{Outcome, OverrideAction, ResStatus};
-use crate::store::{DecisionRow, OverrideRow, ReviewCursor, Verification};
+use crate::store::{DecisionRow, OverrideRow, ReviewCursor};
 use std::collections::{HashSet, VecDeque};
 use tokio::sync::{broadcast, watch};
 
@@ -172,9 +172,5 @@ impl App {
         };
         let final_outcome = if approve { Outcome::Approved } else { Outcome::Denied };
         Ok(self.store.override_decision(id, &ov, final_outcome, approve).await?)
-    }
-
-    pub async fn verify_audit(&self) -> Result<Verification> {
-        Ok(self.store.verify_audit().await?)
     }
 }

@@ -4,6 +4,13 @@
 //! writes each field as an 8-byte big-endian length followed by its bytes, and `details` is JSON
 //! with keys in sorted order. The first entry's prev_hash is 64 zeros. No biometric data, photos or
 //! tokens ever go into an entry: only ids, outcomes, reasons and scores.
+//!
+//! Anchors: a hash chain alone does not stop whoever can write the database from recomputing every
+//! hash from the first entry, or cutting the last entries off. So the server signs **checkpoints**
+//! (entry count, head hash, time) with its own Ed25519 key, keeps them in the database and appends
+//! them to a file outside it (`[audit] checkpoint_file`, which an operator may put on write-once or
+//! remote storage). The verifier checks every checkpoint's signature and that the chain passes
+//! through each checkpoint's head: a rewritten chain or a cut tail no longer does.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -118,6 +125,85 @@ pub struct Verification {
     pub entries: u64,
     /// The first entry whose hash or link does not hold, and why.
     pub first_broken: Option<(i64, String)>,
+    /// Signed checkpoints the chain was checked against (each matched, when intact).
+    pub checkpoints: u64,
+}
+
+/// A signed statement by the server: the trail had `seq` entries, the last with hash `head_hash`,
+/// at `at_ms`. One JSON object per line in the checkpoint file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub head_hash: String,
+    pub at_ms: i64,
+    /// Ed25519 signature of [`Checkpoint::message`], hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// What is signed: a domain tag, then the fields, each as an 8-byte big-endian length and its
+    /// bytes (as the entries' hashes are made).
+    pub fn message(seq: i64, head_hash: &str, at_ms: i64) -> Vec<u8> {
+        let mut m = Vec::new();
+        for field in [
+            &b"lobby-audit-checkpoint-v1"[..],
+            &seq.to_be_bytes()[..],
+            head_hash.as_bytes(),
+            &at_ms.to_be_bytes()[..],
+        ] {
+            m.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            m.extend_from_slice(field);
+        }
+        m
+    }
+
+    pub fn sign(key: &ed25519_dalek::SigningKey, seq: i64, head_hash: &str, at_ms: i64) -> Checkpoint {
+        use ed25519_dalek::Signer;
+        let sig = key.sign(&Checkpoint::message(seq, head_hash, at_ms));
+        Checkpoint {
+            seq,
+            head_hash: head_hash.to_string(),
+            at_ms,
+            signature: hex::encode(sig.to_bytes()),
+        }
+    }
+
+    /// Whether `key` signed this checkpoint as it reads.
+    pub fn signed_by(&self, key: &ed25519_dalek::VerifyingKey) -> bool {
+        let Some(sig) = hex::decode(&self.signature)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| ed25519_dalek::Signature::from_bytes(&b))
+        else {
+            return false;
+        };
+        key.verify_strict(&Checkpoint::message(self.seq, &self.head_hash, self.at_ms), &sig)
+            .is_ok()
+    }
+}
+
+/// The checkpoints of the database and of the file, as one list by entry number. A checkpoint in
+/// one and not the other is kept (the database's may have been deleted, the file's may lag); two
+/// different checkpoints for the same entry are a broken trail.
+pub fn merge_checkpoints(
+    db: Vec<Checkpoint>,
+    file: Vec<Checkpoint>,
+) -> std::result::Result<Vec<Checkpoint>, (i64, String)> {
+    let mut all = std::collections::BTreeMap::new();
+    for c in db.into_iter().chain(file) {
+        match all.get(&c.seq) {
+            Some(prev) if prev != &c => {
+                return Err((
+                    c.seq,
+                    format!("the database's and the file's checkpoints at entry {} differ", c.seq),
+                ))
+            }
+            _ => {
+                all.insert(c.seq, c);
+            }
+        }
+    }
+    Ok(all.into_values().collect())
 }
 
 /// Checks entries in sequence order: consecutive sequence numbers, each link to the previous hash,
@@ -140,6 +226,11 @@ pub struct Verifier {
     expected_seq: i64,
     n: u64,
     broken: Option<(i64, String)>,
+    /// Signed checkpoints still ahead, by entry number.
+    anchors: std::collections::BTreeMap<i64, Checkpoint>,
+    /// The last entry a checkpoint vouched for (0: none yet).
+    anchored: i64,
+    matched: u64,
 }
 
 impl Default for Verifier {
@@ -149,11 +240,30 @@ impl Default for Verifier {
             expected_seq: 1,
             n: 0,
             broken: None,
+            anchors: Default::default(),
+            anchored: 0,
+            matched: 0,
         }
     }
 }
 
 impl Verifier {
+    /// A verifier that also holds the chain to signed checkpoints: each must be signed by `key`,
+    /// and the chain must pass through each one's head.
+    pub fn anchored(checkpoints: Vec<Checkpoint>, key: &ed25519_dalek::VerifyingKey) -> Verifier {
+        let mut v = Verifier::default();
+        for c in checkpoints {
+            if v.broken.is_none() && !c.signed_by(key) {
+                v.broken = Some((
+                    c.seq.max(1),
+                    format!("the checkpoint at entry {} is not signed by the audit key", c.seq),
+                ));
+            }
+            v.anchors.insert(c.seq, c);
+        }
+        v
+    }
+
     /// Checks the next entry; false once the chain is broken (nothing more needs reading).
     pub fn feed(&mut self, e: &AuditEntry) -> bool {
         if self.broken.is_some() {
@@ -170,6 +280,26 @@ impl Verifier {
         } else {
             None
         };
+        if self.broken.is_none() {
+            if let Some(c) = self.anchors.remove(&e.seq) {
+                if c.head_hash == e.hash {
+                    self.anchored = e.seq;
+                    self.matched += 1;
+                } else {
+                    // The chain holds together but not through the signed head: it was recomputed.
+                    // Somewhere after the last checkpoint that held.
+                    self.broken = Some((
+                        self.anchored + 1,
+                        format!(
+                            "entries {}-{} were rewritten: the signed checkpoint at entry {} names another head",
+                            self.anchored + 1,
+                            e.seq,
+                            e.seq
+                        ),
+                    ));
+                }
+            }
+        }
         self.prev = e.hash.clone();
         self.expected_seq += 1;
         self.broken.is_none()
@@ -181,9 +311,22 @@ impl Verifier {
     }
 
     pub fn finish(self) -> Verification {
+        let last = self.expected_seq - 1;
+        // A checkpoint beyond the last entry: the tail was cut off (or the table emptied).
+        let broken = self.broken.or_else(|| {
+            self.anchors.keys().next_back().map(|&seq| {
+                (
+                    last + 1,
+                    format!(
+                        "the trail ends at entry {last} but a signed checkpoint names entry {seq}: entries were removed from the end"
+                    ),
+                )
+            })
+        });
         Verification {
             entries: self.n,
-            first_broken: self.broken,
+            first_broken: broken,
+            checkpoints: self.matched,
         }
     }
 }
@@ -216,7 +359,8 @@ mod tests {
             verify(&chain(5)),
             Verification {
                 entries: 5,
-                first_broken: None
+                first_broken: None,
+                checkpoints: 0
             }
         );
     }
@@ -242,6 +386,62 @@ mod tests {
             &c[1].prev_hash,
         );
         assert_eq!(verify(&c).first_broken.unwrap().0, 3);
+    }
+
+    fn key() -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn anchored(entries: &[AuditEntry], cps: Vec<Checkpoint>) -> Verification {
+        let mut v = Verifier::anchored(cps, &key().verifying_key());
+        for e in entries {
+            if !v.feed(e) {
+                break;
+            }
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn checkpoints_catch_a_cut_tail_a_recomputed_chain_and_an_emptied_table() {
+        let c = chain(6);
+        let cps = vec![
+            Checkpoint::sign(&key(), 2, &c[1].hash, 10),
+            Checkpoint::sign(&key(), 5, &c[4].hash, 20),
+        ];
+        let ok = anchored(&c, cps.clone());
+        assert_eq!((ok.first_broken, ok.checkpoints), (None, 2));
+        // The tail cut at 4: the checkpoint at 5 names an entry that is gone.
+        let cut = anchored(&c[..4], cps.clone());
+        assert_eq!(cut.first_broken.unwrap().0, 5);
+        // Emptied.
+        assert_eq!(anchored(&[], cps.clone()).first_broken.unwrap().0, 1);
+        // Recomputed from entry 4 on (a consistent chain, another head at 5): entries 3-5 named.
+        let mut r = c[..3].to_vec();
+        let mut prev = r[2].hash.clone();
+        for i in 4..=6 {
+            let ev = AuditEvent {
+                kind: "decision",
+                actor: "someone-else".into(),
+                subject: format!("d{i}"),
+                details: json!({}),
+            };
+            let e = AuditEntry::new(i, 1000 + i, &ev, &prev);
+            prev = e.hash.clone();
+            r.push(e);
+        }
+        assert!(verify(&r).first_broken.is_none(), "the chain alone holds");
+        let (seq, why) = anchored(&r, cps.clone()).first_broken.unwrap();
+        assert_eq!(seq, 3, "{why}");
+        // A checkpoint not signed by the key (forged to fit the rewrite).
+        let mut forged = cps.clone();
+        forged[1] = Checkpoint::sign(&ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]), 5, &r[4].hash, 20);
+        assert!(anchored(&r, forged).first_broken.unwrap().1.contains("not signed"));
+        // The database's and the file's copies disagree.
+        let mut other = cps.clone();
+        other[0].at_ms = 11;
+        assert!(merge_checkpoints(cps.clone(), other).is_err());
+        assert_eq!(merge_checkpoints(cps[..1].to_vec(), cps.clone()).unwrap(), cps);
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod audit;
 mod rows;
 mod sqlite;
 
-pub use audit::Verification;
+pub use audit::{Checkpoint, Verification, Verifier};
 pub use sqlite::SqliteStore;
 
 use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step, TemplateKind};
@@ -242,7 +242,14 @@ pub trait Store: Send + Sync {
         final_outcome: Outcome,
         check_in: bool,
     ) -> Result<DecisionRow>;
-    async fn verify_audit(&self) -> Result<Verification>;
+    /// The last audit entry's number and hash (None: the trail is empty).
+    async fn audit_head(&self) -> Result<Option<(i64, String)>>;
+    /// Stores a signed checkpoint (append-only).
+    async fn add_checkpoint(&self, cp: &audit::Checkpoint) -> Result<()>;
+    /// The stored checkpoints, oldest first.
+    async fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>>;
+    /// Feeds the whole trail, in order, to `v` (which may hold checkpoints to check it against).
+    async fn verify_audit(&self, v: audit::Verifier) -> Result<Verification>;
     /// Stores an issued credential with its audit entry (holder, role, property, expiry; no hash).
     async fn add_credential(&self, c: &CredentialRow, actor: &str, now_ms: i64) -> Result<()>;
     /// Every issued credential, revoked and expired ones included, oldest first.

@@ -7,7 +7,7 @@ use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResSt
 use chrono::NaiveDate;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 pub(super) const SCHEMA_V1: &str = r#"
 CREATE TABLE guests (
@@ -102,6 +102,26 @@ CREATE TABLE credentials (
     expires_at_ms INTEGER,
     revoked_at_ms INTEGER
 );
+"#;
+
+/// Signed audit checkpoints; the audit trail and its checkpoints are append-only (an UPDATE or a
+/// DELETE is refused by the database itself; whoever removes the triggers with the file in hand is
+/// caught by the checkpoints, `audit.rs`).
+pub(super) const SCHEMA_V4: &str = r#"
+CREATE TABLE audit_checkpoints (
+    seq INTEGER PRIMARY KEY,
+    head_hash TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 "#;
 
 pub(super) const CRED_SELECT: &str =

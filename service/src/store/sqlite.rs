@@ -4,7 +4,7 @@
 use super::audit::{self, AuditEntry, AuditEvent, Verification};
 use super::rows::{
     append_audit, cred_row, dec_row, names_json, parse_template, res_row, tpl_row, vec_to_blob, CRED_SELECT,
-    DEC_SELECT, RES_SELECT, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION, TPL_SELECT,
+    DEC_SELECT, RES_SELECT, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_VERSION, TPL_SELECT,
 };
 use super::{
     ConsentRecord, CredentialRow, DecisionRow, Enrolled, NewTemplate, OverrideRow, ReservationInput, ReservationView,
@@ -80,6 +80,9 @@ impl SqliteStore {
         }
         if version < 3 {
             conn.execute_batch(&format!("BEGIN; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"))?;
+        }
+        if version < 4 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"))?;
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -538,10 +541,49 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn verify_audit(&self) -> Result<Verification> {
+    async fn audit_head(&self) -> Result<Option<(i64, String)>> {
+        self.run(|c| {
+            Ok(
+                c.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?,
+            )
+        })
+        .await
+    }
+
+    async fn add_checkpoint(&self, cp: &audit::Checkpoint) -> Result<()> {
+        let cp = cp.clone();
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO audit_checkpoints (seq, head_hash, at_ms, signature) VALUES (?1, ?2, ?3, ?4)",
+                params![cp.seq, cp.head_hash, cp.at_ms, cp.signature],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>> {
+        self.run(|c| {
+            let mut st = c.prepare("SELECT seq, head_hash, at_ms, signature FROM audit_checkpoints ORDER BY seq")?;
+            let rows = st.query_map([], |r| {
+                Ok(audit::Checkpoint {
+                    seq: r.get(0)?,
+                    head_hash: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    signature: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn verify_audit(&self, mut v: audit::Verifier) -> Result<Verification> {
         // A page at a time: the connection is free for check-ins between pages.
         const PAGE: i64 = 2000;
-        let mut v = audit::Verifier::default();
         loop {
             let after = v.last_seq();
             let page = self

@@ -717,6 +717,15 @@ async fn altered_audit_row_is_named() {
             |r| r.get(0),
         )
         .unwrap();
+    // The database itself refuses; with the file in hand, the trigger can be dropped.
+    let refused = db
+        .execute(
+            "UPDATE audit SET details = replace(details, 'DENIED', 'APPROVED') WHERE seq = ?1",
+            [seq],
+        )
+        .unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+    db.execute_batch("DROP TRIGGER audit_no_update").unwrap();
     db.execute(
         "UPDATE audit SET details = replace(details, 'DENIED', 'APPROVED') WHERE seq = ?1",
         [seq],
@@ -731,6 +740,113 @@ async fn altered_audit_row_is_named() {
     assert!(!v.intact);
     assert_eq!(v.first_broken_seq, seq as u64, "{}", v.detail);
     s.stop().await;
+}
+
+/// The audit trail against the server's signed checkpoints (in the database and in the checkpoint
+/// file outside it). Someone with the database file in hand, who drops the append-only triggers,
+/// is still caught: an altered entry, a deleted middle entry, a cut tail (a checkpoint names a later
+/// head), a chain recomputed from the start with the database's checkpoints deleted (the file's
+/// still name the old head) and an emptied table are each broken, and the first broken entry named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tampering_is_caught_by_signed_checkpoints() {
+    use lobby_service::store::audit::{AuditEntry, AuditEvent};
+    for case in ["altered", "deleted", "truncated", "recomputed", "emptied"] {
+        let Some(s) = start_with(
+            &scratch_dir(&format!("audit-{case}")),
+            &public_key_b64(&issuer()),
+            None,
+            |st| {
+                st.audit.checkpoint_every_entries = 1;
+                st.audit.checkpoint_every_secs = 1;
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        for i in 0..6 {
+            lobby_tests::guests::book(&s, &format!("audit-guest-{i}")).await;
+        }
+        // The server anchors its head on its own, within a second or so.
+        let file = s.data_dir.join("audit-checkpoints.jsonl");
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let cps = lobby_service::core::read_checkpoint_file(&file).unwrap();
+            if cps.last().is_some_and(|c| c.seq == 6) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{case}: no checkpoint of entry 6 in the file: {cps:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut staff = s.staff().await;
+        let v = staff
+            .verify_audit_trail(pv::VerifyAuditTrailRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(v.intact && v.entries == 6 && v.checkpoints >= 1, "{case}: {v:?}");
+        let db = rusqlite::Connection::open(s.data_dir.join("lobby.sqlite3")).unwrap();
+        let refused = db.execute("DELETE FROM audit WHERE seq = 6", []).unwrap_err();
+        assert!(refused.to_string().contains("append-only"), "{refused}");
+        db.execute_batch(
+            "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete; DROP TRIGGER audit_checkpoints_no_delete;",
+        )
+        .unwrap();
+        let expected = match case {
+            "altered" => {
+                db.execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 3", [])
+                    .unwrap();
+                3
+            }
+            "deleted" => {
+                db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+                3
+            }
+            "truncated" => {
+                db.execute("DELETE FROM audit WHERE seq >= 5", []).unwrap();
+                5
+            }
+            "recomputed" => {
+                // A whole new chain, consistent from the first entry, and no checkpoint left in
+                // the database.
+                let mut prev = lobby_service::store::audit::GENESIS.to_string();
+                for seq in 1..=6i64 {
+                    let ev = AuditEvent {
+                        kind: "reservation_upserted",
+                        actor: "someone-else".into(),
+                        subject: format!("forged-{seq}"),
+                        details: serde_json::json!({}),
+                    };
+                    let e = AuditEntry::new(seq, 1_000 + seq, &ev, &prev);
+                    db.execute(
+                        "UPDATE audit SET at_ms = ?2, actor = ?3, subject = ?4, details = ?5, prev_hash = ?6, hash = ?7 WHERE seq = ?1",
+                        rusqlite::params![e.seq, e.at_ms, e.actor, e.subject, e.details, e.prev_hash, e.hash],
+                    )
+                    .unwrap();
+                    prev = e.hash;
+                }
+                db.execute("DELETE FROM audit_checkpoints", []).unwrap();
+                1
+            }
+            _ => {
+                db.execute("DELETE FROM audit", []).unwrap();
+                1
+            }
+        };
+        drop(db);
+        let v = staff
+            .verify_audit_trail(pv::VerifyAuditTrailRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!v.intact, "{case}: {v:?}");
+        assert_eq!(v.first_broken_seq, expected, "{case}: {}", v.detail);
+        eprintln!("{case}: {}", v.detail);
+        s.stop().await;
+    }
 }
 
 /// Corrupt, truncated, huge or non-image payloads -> INVALID_ARGUMENT; an oversized message is
