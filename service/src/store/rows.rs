@@ -114,6 +114,8 @@ CREATE TABLE audit_checkpoints (
     at_ms INTEGER NOT NULL,
     signature TEXT NOT NULL
 );
+-- Each decision and override is checked against its own entry (`cross_check_decisions`).
+CREATE INDEX audit_subject ON audit(subject, kind);
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit

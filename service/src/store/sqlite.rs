@@ -89,6 +89,50 @@ impl SqliteStore {
         })
     }
 
+    /// Each decision and override agrees with its audit entry (the trail itself verified): a
+    /// decision row without one, or whose outcome, reservation or final outcome differs from what
+    /// the trail says, is named with its entry's number (the trail's end + 1 when it has none).
+    /// Decisions are read in pages, so the connection is free between them.
+    async fn cross_check_decisions(&self, entries: i64) -> Result<Option<(i64, String)>> {
+        const PAGE: i64 = 2000;
+        let mut after = 0i64;
+        loop {
+            // (what is broken, the page's last rowid; None when it was the last page)
+            let (found, next) = self
+                .run(move |c| {
+                    let mut st = c.prepare(
+                        "SELECT d.rowid, d.id, d.outcome, d.final_outcome, a.seq, json_extract(a.details, '$.outcome'),
+                                o.action, o.reason, oa.seq, json_extract(oa.details, '$.action'),
+                                json_extract(oa.details, '$.to'), json_extract(oa.details, '$.reason'),
+                                d.reservation_code, json_extract(a.details, '$.reservation_code')
+                         FROM decisions d
+                         LEFT JOIN audit a ON a.subject = d.id AND a.kind = 'decision'
+                         LEFT JOIN overrides o ON o.decision_id = d.id
+                         LEFT JOIN audit oa ON oa.subject = d.id AND oa.kind = 'override'
+                         WHERE d.rowid > ?1 ORDER BY d.rowid LIMIT ?2",
+                    )?;
+                    let mut rows = st.query(params![after, PAGE])?;
+                    let (mut last, mut n) = (after, 0);
+                    while let Some(r) = rows.next()? {
+                        n += 1;
+                        last = r.get::<_, i64>(0)?;
+                        let id: String = r.get(1)?;
+                        let broken = check_decision_row(r, &id, entries)?;
+                        if broken.is_some() {
+                            return Ok((broken, None));
+                        }
+                    }
+                    Ok((None, (n == PAGE).then_some(last)))
+                })
+                .await?;
+            match (found, next) {
+                (Some(b), _) => return Ok(Some(b)),
+                (None, Some(last)) => after = last,
+                (None, None) => return Ok(None),
+            }
+        }
+    }
+
     /// Runs `f` with the connection on the blocking pool.
     async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
         let conn = self.conn.clone();
@@ -614,9 +658,14 @@ impl Store for SqliteStore {
                 }
             }
             if !full {
-                return Ok(v.finish());
+                break;
             }
         }
+        let mut out = v.finish();
+        if out.first_broken.is_none() {
+            out.first_broken = self.cross_check_decisions(out.entries as i64).await?;
+        }
+        Ok(out)
     }
 
     async fn add_credential(&self, cr: &CredentialRow, actor: &str, now_ms: i64) -> Result<()> {
@@ -693,4 +742,40 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// One row of `cross_check_decisions`' query: what is wrong with the decision, if anything.
+fn check_decision_row(r: &rusqlite::Row, id: &str, entries: i64) -> rusqlite::Result<Option<(i64, String)>> {
+    let (outcome, final_outcome): (String, String) = (r.get(2)?, r.get(3)?);
+    let (seq, said): (Option<i64>, Option<String>) = (r.get(4)?, r.get(5)?);
+    let (code, said_code): (String, Option<String>) = (r.get(12)?, r.get(13)?);
+    let Some(seq) = seq else {
+        return Ok(Some((entries + 1, format!("decision {id} has no audit entry"))));
+    };
+    if said.as_deref() != Some(outcome.as_str()) || said_code.as_deref() != Some(code.as_str()) {
+        return Ok(Some((
+            seq,
+            format!("decision {id} does not read as its audit entry says"),
+        )));
+    }
+    let (action, reason, oseq): (Option<String>, Option<String>, Option<i64>) = (r.get(6)?, r.get(7)?, r.get(8)?);
+    let said_override: (Option<String>, Option<String>, Option<String>) = (r.get(9)?, r.get(10)?, r.get(11)?);
+    Ok(match (action, oseq) {
+        (None, None) if final_outcome == outcome => None,
+        (None, None) => Some((
+            seq,
+            format!("decision {id} was changed to {final_outcome} without an override"),
+        )),
+        (Some(_), None) => Some((entries + 1, format!("the override of decision {id} has no audit entry"))),
+        (None, Some(oseq)) => Some((
+            oseq,
+            format!("the override of decision {id} is in the trail but not in the store"),
+        )),
+        (Some(action), Some(oseq)) => (said_override != (Some(action), Some(final_outcome), reason)).then(|| {
+            (
+                oseq,
+                format!("the override of decision {id} does not read as its audit entry says"),
+            )
+        }),
+    })
 }

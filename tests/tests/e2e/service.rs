@@ -717,6 +717,25 @@ async fn altered_audit_row_is_named() {
             |r| r.get(0),
         )
         .unwrap();
+    // The decision itself, turned into an approval in the decisions table (the trail untouched),
+    // no longer reads as its audit entry says.
+    db.execute(
+        "UPDATE decisions SET final_outcome = 'APPROVED' WHERE id = ?1",
+        [&r.decision_id],
+    )
+    .unwrap();
+    let v = staff
+        .verify_audit_trail(pv::VerifyAuditTrailRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.intact && v.detail.contains(&r.decision_id), "{v:?}");
+    assert_eq!(v.first_broken_seq, seq as u64, "{}", v.detail);
+    db.execute(
+        "UPDATE decisions SET final_outcome = 'DENIED' WHERE id = ?1",
+        [&r.decision_id],
+    )
+    .unwrap();
     // The database itself refuses; with the file in hand, the trigger can be dropped.
     let refused = db
         .execute(
