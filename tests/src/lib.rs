@@ -280,6 +280,19 @@ pub mod guests {
             .expect("upsert");
     }
 
+    /// The identity's reservation as the reservation system reads it.
+    pub async fn reservation(s: &TestServer, identity: &str) -> pv::Reservation {
+        s.enroller()
+            .await
+            .get_reservation(pv::GetReservationRequest {
+                property_id: PROPERTY.into(),
+                reservation_code: code_of(identity),
+            })
+            .await
+            .expect("reservation")
+            .into_inner()
+    }
+
     /// An enrolment of one photo with consent, for the identity's reservation.
     pub fn enrol_request(identity: &str, photo: &Path) -> pv::EnrollFaceRequest {
         pv::EnrollFaceRequest {

@@ -11,7 +11,9 @@ use ed25519_dalek::SigningKey;
 use lobby_kiosk_client::proto as pv;
 use lobby_service::core::healthcode::public_key_b64;
 use lobby_tests::data_dir;
-use lobby_tests::guests::{book, check_in, code_of, enrol, enrol_request, identities, outcome, set_health};
+use lobby_tests::guests::{
+    book, check_in, code_of, enrol, enrol_request, identities, outcome, reservation, set_health,
+};
 use lobby_tests::server::{scratch_dir, start_with, TestServer, PROPERTY};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -35,18 +37,6 @@ async fn server(name: &str) -> Option<(TestServer, String, Vec<PathBuf>)> {
         .find(|(_, p)| p.len() >= 2)
         .expect("uncropped_identities has an identity with two photos");
     Some((s, id, photos))
-}
-
-async fn reservation(s: &TestServer, id: &str) -> pv::Reservation {
-    s.enroller()
-        .await
-        .get_reservation(pv::GetReservationRequest {
-            property_id: PROPERTY.into(),
-            reservation_code: code_of(id),
-        })
-        .await
-        .expect("reservation")
-        .into_inner()
 }
 
 async fn erase(s: &TestServer, id: &str) -> Result<pv::EraseGuestResponse, tonic::Status> {

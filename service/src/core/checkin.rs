@@ -41,6 +41,27 @@ pub struct Evaluated {
     pub capture_problem: bool,
 }
 
+impl Evaluated {
+    /// A frame's evaluation as it starts: its decision so far, the session's steps and frames,
+    /// nothing searched, fused or judged yet.
+    fn new(decision: Decision, analysis: Analysis, session: &Session, started: Instant) -> Evaluated {
+        Evaluated {
+            decision,
+            analysis,
+            search_ms: 0.0,
+            second_ms: 0.0,
+            decide_ms: 0.0,
+            started,
+            steps: session.steps().to_vec(),
+            frames: session.frames,
+            fused_frames: 0,
+            p_real: 0.0,
+            masked: false,
+            capture_problem: false,
+        }
+    }
+}
+
 /// A recorded check-in decision.
 #[derive(Debug, Clone)]
 pub struct CheckIn {
@@ -214,20 +235,9 @@ impl App {
         let (today, now) = (self.settings.time.today_at(&property, chrono::Utc::now()), now_ms());
         let p = &self.settings.policy;
         let ladder = &self.settings.ladder;
-        let mut eval = Evaluated {
-            decision: policy::decide(p, analysis.primary.as_ref().map(FaceFacts::of), None, None, today, now),
-            analysis,
-            search_ms: 0.0,
-            second_ms: 0.0,
-            decide_ms: 0.0,
-            started,
-            steps: session.steps().to_vec(),
-            frames: session.frames,
-            fused_frames: 0,
-            p_real: 0.0,
-            masked: false,
-            capture_problem: true,
-        };
+        let decision = policy::decide(p, analysis.primary.as_ref().map(FaceFacts::of), None, None, today, now);
+        let mut eval = Evaluated::new(decision, analysis, session, started);
+        eval.capture_problem = true;
         let Some(face) = eval
             .analysis
             .primary
@@ -347,26 +357,14 @@ impl App {
             Some(code) => self.store.get_reservation(&property, code).await?.filter(|r| !r.erased),
             None => None,
         };
-        let eval = Evaluated {
-            decision: policy::declined(candidate),
-            analysis: Analysis {
-                width: 0,
-                height: 0,
-                faces: Vec::new(),
-                primary: None,
-                timings: Default::default(),
-            },
-            search_ms: 0.0,
-            second_ms: 0.0,
-            decide_ms: 0.0,
-            started,
-            steps: session.steps().to_vec(),
-            frames: session.frames,
-            fused_frames: 0,
-            p_real: 0.0,
-            masked: false,
-            capture_problem: false,
+        let nothing = Analysis {
+            width: 0,
+            height: 0,
+            faces: Vec::new(),
+            primary: None,
+            timings: Default::default(),
         };
+        let eval = Evaluated::new(policy::declined(candidate), nothing, &session, started);
         self.record(caller, eval).await
     }
 

@@ -1487,25 +1487,13 @@ async fn a_retried_enrolment_stores_no_second_copy() {
     let Some((s, id, photos)) = one_guest("enrol-retry", pv::HealthColour::Green, 2).await else {
         return;
     };
-    let first = reservation_of(&s, &id).await.templates;
+    let first = lobby_tests::guests::reservation(&s, &id).await.templates;
     assert_eq!(first, 4);
     enrol(&s, &id, &photos[0]).await;
     assert_eq!(
-        reservation_of(&s, &id).await.templates,
+        lobby_tests::guests::reservation(&s, &id).await.templates,
         first,
         "a retry stored a second copy"
     );
     s.stop().await;
-}
-
-async fn reservation_of(s: &TestServer, id: &str) -> pv::Reservation {
-    s.enroller()
-        .await
-        .get_reservation(pv::GetReservationRequest {
-            property_id: PROPERTY.into(),
-            reservation_code: code_of(id),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
