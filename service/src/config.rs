@@ -28,6 +28,49 @@ pub struct Settings {
     pub time: TimeSettings,
     #[serde(default)]
     pub audit: AuditSettings,
+    #[serde(default)]
+    pub store: StoreSettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
+}
+
+/// The store's secrets at rest.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// The template keys (`<id>:<64 hex>` lines, the last current; made 0600 with one key on first
+    /// start); empty: `<data_dir>/template.key`. The environment variable `LOBBY_TEMPLATE_KEYS`,
+    /// when set, holds them instead.
+    pub template_key_file: String,
+}
+
+/// What is kept for how long (`core::retention`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// A guest's templates are deleted this long after the end of the departure day.
+    pub templates_after_departure_hours: i64,
+    /// A reservation still BOOKED this many days after its arrival day (a no-show) loses its
+    /// templates; at least `gallery.stay_slack_days`, so a guest the 1:N search still expects keeps them.
+    pub no_show_after_arrival_days: i64,
+    /// A reservation and its guest are forgotten (as at an erasure) this many days after departure.
+    pub guests_after_departure_days: i64,
+    /// Decisions are anonymised (no guest, no reservation code, no override reason) this old.
+    pub decisions_after_days: i64,
+    /// How often the rules are applied.
+    pub every_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            templates_after_departure_hours: 24,
+            no_show_after_arrival_days: 1,
+            guests_after_departure_days: 30,
+            decisions_after_days: 30,
+            every_secs: 3600,
+        }
+    }
 }
 
 /// The audit trail's anchors (`store::audit`): signed checkpoints, in the database and in a file
@@ -452,6 +495,14 @@ impl Settings {
         }
     }
 
+    /// The template keys' file.
+    pub fn template_key_path(&self) -> PathBuf {
+        match self.store.template_key_file.as_str() {
+            "" => self.data_dir.join("template.key"),
+            f => PathBuf::from(f),
+        }
+    }
+
     /// The audit signing key's file (the public key: the same name with `.pub` added).
     pub fn signing_key_path(&self) -> PathBuf {
         match self.audit.signing_key_file.as_str() {
@@ -490,6 +541,23 @@ impl Settings {
             return bad(
                 "limits.max_streams_per_connection / max_streams_per_caller / check_in_stream_secs",
                 "must be positive",
+            );
+        }
+        let r = &self.retention;
+        if r.templates_after_departure_hours < 0
+            || r.guests_after_departure_days < 1
+            || r.decisions_after_days < 1
+            || r.every_secs == 0
+        {
+            return bad(
+                "retention",
+                "templates_after_departure_hours must be >= 0; guests_after_departure_days, decisions_after_days and every_secs >= 1",
+            );
+        }
+        if r.no_show_after_arrival_days < self.gallery.stay_slack_days {
+            return bad(
+                "retention.no_show_after_arrival_days",
+                "must be at least gallery.stay_slack_days (the 1:N search still expects the guest until then)",
             );
         }
         if self.limits.kiosk_frames_per_minute == 0 || self.limits.kiosk_frame_burst == 0 {

@@ -5,7 +5,7 @@ use lobby_service::auth::{bootstrap_credentials, parse_token_file, Credentials};
 use lobby_service::config::{Role, Settings};
 use lobby_service::core::{credentials, App};
 use lobby_service::server::{check_transport, run};
-use lobby_service::store::{SqliteStore, Store};
+use lobby_service::store::{SqliteStore, Store, TemplateKeys};
 use lobby_service::vision::Vision;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +37,14 @@ enum Command {
     /// auth.reload_ms, without a restart.
     #[command(subcommand)]
     Credentials(CredentialsCmd),
+    /// Seal every stored template with a new template key, then drop the old keys from the key
+    /// file. The server must be stopped (it holds the data directory's lock); a rotation cut short
+    /// leaves every template readable, and is finished by running it again.
+    RotateTemplateKey {
+        /// Who is rotating, for the audit trail.
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,12 +106,52 @@ async fn start(mut args: Args) -> anyhow::Result<()> {
     }
     match args.command.take() {
         Some(Command::Credentials(c)) => manage_credentials(&settings, c).await,
+        Some(Command::RotateTemplateKey { by }) => rotate_template_key(&settings, &by),
         None => serve(args, settings).await,
     }
 }
 
+/// One server per data directory, and a key rotation only while none runs: the lock is held for
+/// the process's life (the kernel releases it however the process ends).
+fn lock_data_dir(settings: &Settings) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let path = settings.data_dir.join("lobby.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "a lobby-server is running on {} (it holds {})",
+            settings.data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
+    let keys = TemplateKeys::load(&settings.template_key_path())?;
+    Ok(SqliteStore::open(&settings.store_path(), Arc::new(keys))?)
+}
+
+fn rotate_template_key(settings: &Settings, by: &str) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(settings).context("stop the server before rotating the template key")?;
+    let file = settings.template_key_path();
+    let (new, old, n) =
+        lobby_service::store::rotate_template_key(&file, &settings.store_path(), by, lobby_service::core::now_ms())?;
+    eprintln!(
+        "template key {new} now seals every template ({n} re-sealed); keys {old:?} removed from {}",
+        file.display()
+    );
+    Ok(())
+}
+
 async fn manage_credentials(settings: &Settings, cmd: CredentialsCmd) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&settings.store_path())?;
+    let store = open_store(settings)?;
     let fmt_ms = |ms: Option<i64>| {
         ms.and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.format("%Y-%m-%dT%H:%MZ").to_string())
@@ -166,6 +214,7 @@ async fn serve(args: Args, settings: Settings) -> anyhow::Result<()> {
     if !settings.tls.enabled() && !settings.listen.ip().is_loopback() {
         tracing::warn!(addr = %settings.listen, "--insecure-plaintext: bearer tokens, face photos and health QRs cross the network in the clear");
     }
+    let _lock = lock_data_dir(&settings)?;
     let creds = load_credentials(&settings)?;
     let model_dir = settings.model_dir();
     let paths = lobby_models::ensure(&model_dir, &settings.model_source())

@@ -60,13 +60,28 @@ async fn reload_credentials(app: Arc<App>, creds: Arc<Credentials>) {
     }
 }
 
-/// Writes the audit trail's signed checkpoints as they fall due (`[audit]`).
+/// Writes the audit trail's signed checkpoints as they fall due (`[audit]`), and retries a WAL
+/// checkpoint a deletion left pending.
 async fn keep_checkpoints(app: Arc<App>) {
     loop {
         tokio::time::sleep(app.audit_checkpoint_tick()).await;
         if let Err(e) = app.checkpoint_audit(false).await {
             tracing::error!(error = %e, "audit checkpoint not written");
         }
+        if let Err(e) = app.clear_wal_if_pending().await {
+            tracing::error!(error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+/// Applies the retention rules every `retention.every_secs` (`[retention]`).
+async fn keep_retention(app: Arc<App>) {
+    let every = std::time::Duration::from_secs(app.settings().retention.every_secs);
+    loop {
+        if let Err(e) = app.run_retention().await {
+            tracing::error!(error = %e, "retention purge failed; retried at the next tick");
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -101,6 +116,7 @@ pub async fn run(
     let reloader = tokio::spawn(reload_credentials(app.clone(), creds.clone()));
     let _reloader = AbortOnDrop(reloader);
     let _checkpoints = AbortOnDrop(tokio::spawn(keep_checkpoints(app.clone())));
+    let _retention = AbortOnDrop(tokio::spawn(keep_retention(app.clone())));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for name in SERVICES {
         health_reporter

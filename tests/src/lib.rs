@@ -172,6 +172,13 @@ pub mod server {
         })
     }
 
+    /// A second connection to a server's store (as the operator's tools open it), with its template
+    /// keys: to read what the server wrote.
+    pub fn open_store(data_dir: &Path) -> lobby_service::store::SqliteStore {
+        let keys = lobby_service::store::TemplateKeys::load(&data_dir.join("template.key")).expect("template keys");
+        lobby_service::store::SqliteStore::open(&data_dir.join("lobby.sqlite3"), Arc::new(keys)).expect("store")
+    }
+
     impl TestServer {
         pub async fn channel(&self) -> tonic::transport::Channel {
             client::connect(&self.addr).await.expect("connect")

@@ -132,8 +132,19 @@ async fn an_erasure_during_an_enrolment_leaves_no_vector_in_the_index() {
     assert!(enrolled.templates_stored >= 1);
     let erased = erased.expect("erasure");
     assert!(erased.templates_deleted >= 1, "{erased:?}");
-    let r = reservation(&s, &id).await;
-    assert!(r.erased && r.templates == 0, "{r:?}");
+    let gone = s
+        .enroller()
+        .await
+        .get_reservation(pv::GetReservationRequest {
+            property_id: PROPERTY.into(),
+            reservation_code: code_of(&id),
+        })
+        .await;
+    assert_eq!(
+        gone.map(|r| r.into_inner().templates).map_err(|e| e.code()),
+        Err(tonic::Code::NotFound),
+        "the erased reservation is gone"
+    );
     assert_eq!(
         s.app().indexed_templates(PROPERTY),
         0,

@@ -458,7 +458,9 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("lobby.sqlite3");
-    drop(SqliteStore::open(&db)?); // the service's schema
+    // The service's schema and template key (templates are stored sealed, as the server stores them).
+    let keys = Arc::new(lobby_service::store::TemplateKeys::load(&dir.join("template.key"))?);
+    drop(SqliteStore::open(&db, keys.clone())?);
     let t = Instant::now();
     {
         let mut c = rusqlite::Connection::open(&db)?;
@@ -468,9 +470,9 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
         let mut rng = StdRng::seed_from_u64(7);
         let guests = n.div_ceil(2);
         {
-            let mut g = tx.prepare("INSERT INTO guests (guest_id, full_name, guest_ref, consent_method, consent_text_version, consent_at_ms) VALUES (?1, 'Bench Guest', ?1, 'bench', 'v1', 0)")?;
+            let mut g = tx.prepare("INSERT INTO guests (guest_id, full_name, guest_ref, consent_method, consent_text_version, consent_at_ms, ref_key) VALUES (?1, 'Bench Guest', ?1, 'bench', 'v1', 0, randomblob(32))")?;
             let mut r = tx.prepare("INSERT INTO reservations (property_id, code, guest_id, arrival, departure, status) VALUES (?1, ?2, ?3, '2026-11-22', '2026-11-24', 'BOOKED')")?;
-            let mut tp = tx.prepare("INSERT INTO templates (guest_id, property_id, model_id, kind, vector, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, 0)")?;
+            let mut tp = tx.prepare("INSERT INTO templates (guest_id, property_id, model_id, kind, vector, created_at_ms, key_id) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)")?;
             let mut stored = 0;
             for k in 0..guests {
                 let gid = format!("g_{k:08}");
@@ -483,7 +485,9 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
                     }
                     let v = random_units(&mut rng, 1, args.dim);
                     let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    tp.execute(rusqlite::params![gid, prop, model, kind, blob])?;
+                    let aad = lobby_service::store::cipher::template_aad(&gid, &prop, kind, &model);
+                    let (key_id, sealed) = keys.seal(&aad, &blob);
+                    tp.execute(rusqlite::params![gid, prop, model, kind, sealed, key_id])?;
                     stored += 1;
                 }
             }

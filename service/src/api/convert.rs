@@ -116,7 +116,6 @@ impl From<&ReservationView> for pv::Reservation {
             consent_recorded: r.consent,
             health: Some((&r.health).into()),
             checked_in_at_ms: r.checked_in_at_ms,
-            erased: r.erased,
         }
     }
 }

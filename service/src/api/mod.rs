@@ -93,7 +93,7 @@ impl pv::reservation_service_server::ReservationService for Reservations {
     ) -> Result<Response<pv::EraseGuestResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
-        let (guest_id, n) = self
+        let e = self
             .0
             .erase(
                 &c,
@@ -103,8 +103,10 @@ impl pv::reservation_service_server::ReservationService for Reservations {
             )
             .await?;
         Ok(Response::new(pv::EraseGuestResponse {
-            guest_id,
-            templates_deleted: n as u32,
+            guest_id: e.guest_id,
+            templates_deleted: e.templates.len() as u32,
+            decisions_anonymised: e.decisions_anonymised as u32,
+            wal_cleared: e.wal_cleared,
         }))
     }
 

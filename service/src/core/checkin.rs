@@ -354,7 +354,7 @@ impl App {
         self.take_frame(caller)?;
         session.frame(code);
         let candidate = match &session.code {
-            Some(code) => self.store.get_reservation(&property, code).await?.filter(|r| !r.erased),
+            Some(code) => self.store.get_reservation(&property, code).await?,
             None => None,
         };
         let nothing = Analysis {

@@ -94,11 +94,6 @@ impl App {
             ));
         }
         let res = self.get_reservation(caller, property, code).await?;
-        if res.erased {
-            return Err(AppError::FailedPrecondition(
-                "the guest of this reservation was erased".into(),
-            ));
-        }
         let consent = ConsentRecord {
             method: consent.method,
             text_version: consent.text_version,

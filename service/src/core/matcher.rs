@@ -159,7 +159,7 @@ impl Matcher {
         Ok(g)
     }
 
-    /// 1:1: the named reservation, and (when it is not erased and has a clean template) the probe's
+    /// 1:1: the named reservation, and (when it has a clean template) the probe's
     /// first-stage score against it with the guest's templates.
     pub async fn one_to_one(
         &self,
@@ -170,7 +170,7 @@ impl Matcher {
     ) -> Result<(Option<ReservationView>, Option<(f32, GuestTemplates)>)> {
         let reservation = self.store.get_reservation(property, code).await?;
         let scored = match &reservation {
-            Some(r) if !r.erased => {
+            Some(r) => {
                 let ts = self.guest_templates(&r.guest_id).await?;
                 ts.first_stage(probe, masked).map(|s| (s, ts))
             }

@@ -17,6 +17,7 @@ pub mod ladder;
 mod matcher;
 pub mod policy;
 mod reservations;
+mod retention;
 mod reviews;
 
 pub use analyser::{Analyser, Enrolment};
@@ -24,12 +25,13 @@ pub use anchor::{public_key_b64 as audit_key_b64, read_checkpoint_file};
 pub use caller::Caller;
 pub use checkin::{CheckIn, CheckInStream, Evaluated, StreamAnswer};
 pub use enrolment::{Consent, PhotoOutcome, Rejection};
+pub use retention::Clock;
 pub use reviews::{FeedEnd, ReviewFeed, REVIEW_PAGE};
 
 use crate::config::Settings;
 use crate::domain::TemplateKind;
 use crate::gallery::GalleryError;
-use crate::store::{DecisionRow, SqliteStore, Store, StoreError};
+use crate::store::{DecisionRow, SqliteStore, Store, StoreError, TemplateKeys};
 use crate::vision::{VisionConfig, VisionError};
 use chrono::{Local, NaiveDate};
 use ed25519_dalek::VerifyingKey;
@@ -204,6 +206,10 @@ pub struct App {
     anchor: Arc<anchor::Anchor>,
     /// Long-lived streams open per credential holder.
     streams: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    /// The retention rules' clock.
+    clock: Clock,
+    /// A deletion left rows in the WAL (a reader held it): retried until cleared.
+    wal_pending: std::sync::atomic::AtomicBool,
 }
 
 /// A place among a caller's open streams (`limits.max_streams_per_caller`), given back on drop.
@@ -229,7 +235,8 @@ impl App {
     /// Opens the SQLite store in the data directory and builds every property's gallery from the
     /// stored templates.
     pub async fn start(settings: Settings, analyser: Arc<dyn Analyser>) -> anyhow::Result<App> {
-        let store = Arc::new(SqliteStore::open(&settings.store_path())?);
+        let keys = TemplateKeys::load(&settings.template_key_path())?;
+        let store = Arc::new(SqliteStore::open(&settings.store_path(), Arc::new(keys))?);
         App::with_store(settings, analyser, store).await
     }
 
@@ -279,6 +286,8 @@ impl App {
             streams: Arc::default(),
             guest_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             anchor,
+            clock: Clock::default(),
+            wal_pending: Default::default(),
         })
     }
 

@@ -358,7 +358,6 @@ pub fn decide(
             reservation: Some(r),
             judged,
         }) => match judged {
-            _ if r.erased => not_confident(&mut d, Reason::NotEnrolled, None, IdentityState::Final),
             // No consent to face check-in: no templates either; the desk, and why.
             _ if !r.consent => not_confident(&mut d, Reason::NoConsent, Some(r), IdentityState::Final),
             None => not_confident(&mut d, Reason::NotEnrolled, Some(r), IdentityState::Final),

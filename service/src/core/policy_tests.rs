@@ -53,7 +53,6 @@ fn reservation(colour: Colour) -> ReservationView {
             source: "pms".into(),
         },
         templates: 1,
-        erased: false,
     }
 }
 

@@ -149,7 +149,6 @@ impl App {
             let r = self.store.get_reservation(&d.property_id, &d.reservation_code).await?;
             let refused = match &r {
                 None => Some("no longer exists"),
-                Some(r) if r.erased => Some("belongs to an erased guest"),
                 Some(r) => match r.status {
                     ResStatus::Booked => None,
                     ResStatus::Cancelled => Some("was cancelled"),

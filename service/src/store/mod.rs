@@ -9,10 +9,12 @@
 //! the table and the key, never a silent default.
 
 pub mod audit;
+pub mod cipher;
 mod rows;
 mod sqlite;
 
 pub use audit::{Checkpoint, Verification, Verifier};
+pub use cipher::TemplateKeys;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step, TemplateKind};
@@ -78,7 +80,71 @@ pub struct ReservationView {
     pub consent: bool,
     pub health: HealthRecord,
     pub templates: u32,
-    pub erased: bool,
+}
+
+/// What an upsert did: the reservation as stored, and, when the booking now names another person,
+/// the first person's templates it deleted (their consent, health status and decisions' personal
+/// fields went with them).
+#[derive(Debug, Clone)]
+pub struct Upserted {
+    pub view: ReservationView,
+    pub dropped_templates: Vec<i64>,
+    pub person_changed: bool,
+}
+
+/// What an erasure deleted, and whether the WAL was checkpointed (no copy of the deleted rows left
+/// in it); when it was not (a reader held it), the caller retries and reports.
+#[derive(Debug, Clone)]
+pub struct Erased {
+    pub guest_id: String,
+    pub templates: Vec<i64>,
+    pub decisions_anonymised: usize,
+    pub wal_cleared: bool,
+}
+
+/// The retention rules' cut-offs, worked out by the core from the clock and each property's
+/// calendar.
+#[derive(Debug, Clone, Default)]
+pub struct PurgeRules {
+    pub properties: Vec<PropertyCutoffs>,
+    /// Decisions made before this instant are anonymised.
+    pub decisions_before_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PropertyCutoffs {
+    pub property: String,
+    /// Templates of reservations departing before this date are deleted.
+    pub departed_before: NaiveDate,
+    /// Templates of reservations still BOOKED that were due before this date (no-shows) are deleted.
+    pub no_show_arrived_before: NaiveDate,
+    /// Reservations departing before this date are forgotten with their guest, as at an erasure.
+    pub forget_departed_before: NaiveDate,
+}
+
+/// What a purge removed: the templates (property, id) to take out of the indexes, and the counts
+/// per rule (each rule that removed something leaves an audit entry with its counts).
+#[derive(Debug, Clone, Default)]
+pub struct Purged {
+    pub templates: Vec<(String, i64)>,
+    pub counts: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
+    pub wal_cleared: bool,
+}
+
+impl Purged {
+    pub fn count(&mut self, rule: &str, what: &str, n: usize) {
+        *self
+            .counts
+            .entry(rule.to_string())
+            .or_default()
+            .entry(what.to_string())
+            .or_default() += n;
+    }
+
+    /// The total of `what` over every rule.
+    pub fn total(&self, what: &str) -> usize {
+        self.counts.values().filter_map(|c| c.get(what)).sum()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -182,12 +248,33 @@ pub struct CredentialRow {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// Seals every template with a new template key and then drops the old keys from the key file
+/// (`lobby-server rotate-template-key`; the server must be stopped). Answers the new key's id, the
+/// old ids and how many templates were re-sealed. Cut short, every row still opens with the keys
+/// left in the file, and running it again finishes it.
+pub fn rotate_template_key(
+    key_file: &std::path::Path,
+    db: &std::path::Path,
+    actor: &str,
+    now_ms: i64,
+) -> anyhow::Result<(String, Vec<String>, usize)> {
+    let old = TemplateKeys::load(key_file)?;
+    let keys = std::sync::Arc::new(old.add_key()?);
+    let store = SqliteStore::open(db, keys.clone())?;
+    let n = store.reseal_all(actor, now_ms)?;
+    drop(store);
+    keys.keep_only_current()?;
+    Ok((keys.current_id().to_string(), old.ids(), n))
+}
+
 #[tonic::async_trait]
 pub trait Store: Send + Sync {
-    async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<ReservationView>;
+    /// Creates or updates a reservation; a booking that now names another person (another
+    /// `guest_ref`, or another name where a reference is missing) forgets the first one.
+    async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<Upserted>;
     async fn get_reservation(&self, property: &str, code: &str) -> Result<Option<ReservationView>>;
     async fn reservation_of_guest(&self, guest_id: &str) -> Result<Option<ReservationView>>;
-    /// The guests of `property` expected around `today`: not erased, BOOKED or CHECKED_IN, with
+    /// The guests of `property` expected around `today`: BOOKED or CHECKED_IN, with
     /// `arrival - slack_days <= today < departure + slack_days` (the 1:N search's candidates).
     async fn expected_guests(&self, property: &str, today: NaiveDate, slack_days: i64) -> Result<HashSet<String>>;
     /// Records consent and stores the guest's templates, replacing any stored before (a retried
@@ -209,15 +296,15 @@ pub trait Store: Send + Sync {
         actor: &str,
         now_ms: i64,
     ) -> Result<ReservationView>;
-    /// Deletes the guest's templates and clears personal fields; returns the guest and deleted ids.
-    async fn erase_guest(
-        &self,
-        property: &str,
-        code: &str,
-        reason: &str,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<(String, Vec<i64>)>;
+    /// Forgets the guest: templates, reservation and guest rows deleted, the guest's decisions
+    /// anonymised, the key of its pseudonymous reference gone; one audit entry by that reference.
+    async fn erase_guest(&self, property: &str, code: &str, reason: &str, actor: &str, now_ms: i64) -> Result<Erased>;
+    /// Checkpoints and truncates the WAL (retried a few times); whether it completed.
+    async fn checkpoint_wal(&self) -> Result<bool>;
+    /// The properties that have reservations.
+    async fn properties(&self) -> Result<Vec<String>>;
+    /// Applies the retention rules in one transaction, with an audit entry of counts per rule.
+    async fn purge(&self, rules: &PurgeRules, now_ms: i64) -> Result<Purged>;
     /// Every stored template (to build the indexes at start).
     async fn all_templates(&self) -> Result<Vec<StoredTemplate>>;
     async fn guest_templates(&self, guest_id: &str) -> Result<Vec<StoredTemplate>>;

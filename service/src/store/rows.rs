@@ -2,12 +2,13 @@
 //! enum, a date or JSON is parsed, and a value that does not parse is [`StoreError::Corrupt`].
 
 use super::audit::{self, AuditEntry, AuditEvent};
+use super::cipher::{template_aad, TemplateKeys};
 use super::{DecisionRow, OverrideRow, ReservationView, Result, StoreError, StoredTemplate};
 use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step, TemplateKind};
 use chrono::NaiveDate;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 pub(super) const SCHEMA_V1: &str = r#"
 CREATE TABLE guests (
@@ -126,6 +127,26 @@ CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
     BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 "#;
 
+/// Version 5: records that forget. Templates are sealed (`key_id` names the template key; rows of
+/// version 4 are sealed when the store opens); a guest's pseudonymous reference is a keyed hash
+/// under `ref_key`, deleted with the guest's row; a decision's personal fields are vouched for in
+/// the audit trail by keyed hashes under its own `mac_key`, cleared when it is anonymised. Erasure
+/// now deletes the guest's and the reservation's rows: those erased under version 4 go now.
+pub(super) const SCHEMA_V5: &str = r#"
+ALTER TABLE guests ADD COLUMN ref_key BLOB;
+UPDATE guests SET ref_key = randomblob(32) WHERE ref_key IS NULL;
+ALTER TABLE templates ADD COLUMN key_id TEXT;
+ALTER TABLE decisions ADD COLUMN subject_ref TEXT NOT NULL DEFAULT '';
+ALTER TABLE decisions ADD COLUMN mac_key BLOB;
+ALTER TABLE decisions ADD COLUMN anonymised_at_ms INTEGER;
+CREATE INDEX decisions_by_guest ON decisions(guest_id);
+CREATE INDEX decisions_by_subject ON decisions(subject_ref);
+CREATE INDEX decisions_by_time ON decisions(created_at_ms);
+DELETE FROM templates WHERE guest_id IN (SELECT guest_id FROM guests WHERE erased_at_ms IS NOT NULL);
+DELETE FROM reservations WHERE guest_id IN (SELECT guest_id FROM guests WHERE erased_at_ms IS NOT NULL);
+DELETE FROM guests WHERE erased_at_ms IS NOT NULL;
+"#;
+
 pub(super) const CRED_SELECT: &str =
     "SELECT token_id, holder, role, property_id, sha256, created_at_ms, expires_at_ms, revoked_at_ms FROM credentials";
 
@@ -193,7 +214,7 @@ pub(super) fn append_audit(tx: &Transaction, ev: &AuditEvent, now_ms: i64) -> Re
 pub(super) const RES_SELECT: &str =
     "SELECT r.property_id, r.code, r.guest_id, g.full_name, g.guest_ref, r.arrival, r.departure, r.status,
     r.checked_in_at_ms, g.consent_at_ms IS NOT NULL, g.health_colour, g.health_issued_at_ms, g.health_expires_at_ms,
-    g.health_source, (SELECT COUNT(*) FROM templates t WHERE t.guest_id = r.guest_id), g.erased_at_ms IS NOT NULL
+    g.health_source, (SELECT COUNT(*) FROM templates t WHERE t.guest_id = r.guest_id)
     FROM reservations r JOIN guests g ON g.guest_id = r.guest_id";
 
 /// A reservation row as read, before its text columns are parsed.
@@ -225,7 +246,6 @@ pub(super) fn res_row(r: &Row) -> rusqlite::Result<RawReservation> {
                 source: r.get(13)?,
             },
             templates: r.get::<_, i64>(14)? as u32,
-            erased: r.get(15)?,
         },
         arrival: r.get(5)?,
         departure: r.get(6)?,
@@ -253,11 +273,19 @@ impl RawReservation {
     }
 }
 
-pub(super) const TPL_SELECT: &str = "SELECT id, guest_id, property_id, model_id, kind, vector FROM templates";
+pub(super) const TPL_SELECT: &str = "SELECT id, guest_id, property_id, model_id, kind, vector, key_id FROM templates";
 
-pub(super) fn tpl_row(r: &Row) -> rusqlite::Result<(StoredTemplate, String, Vec<u8>)> {
-    Ok((
-        StoredTemplate {
+/// A template row as read: the vector still sealed.
+pub(super) struct RawTemplate {
+    t: StoredTemplate,
+    kind: String,
+    sealed: Vec<u8>,
+    key_id: Option<String>,
+}
+
+pub(super) fn tpl_row(r: &Row) -> rusqlite::Result<RawTemplate> {
+    Ok(RawTemplate {
+        t: StoredTemplate {
             id: r.get(0)?,
             guest_id: r.get(1)?,
             property_id: r.get(2)?,
@@ -265,22 +293,56 @@ pub(super) fn tpl_row(r: &Row) -> rusqlite::Result<(StoredTemplate, String, Vec<
             kind: TemplateKind::Clean,
             vector: Vec::new(),
         },
-        r.get(4)?,
-        r.get(5)?,
-    ))
+        kind: r.get(4)?,
+        sealed: r.get(5)?,
+        key_id: r.get(6)?,
+    })
 }
 
-pub(super) fn parse_template((mut t, kind, blob): (StoredTemplate, String, Vec<u8>)) -> Result<StoredTemplate> {
-    let key = t.id.to_string();
-    t.kind = parsed(TemplateKind::parse(&kind), "templates", &key, "kind", &kind)?;
-    if blob.len() % 4 != 0 {
-        return Err(corrupt("templates", &key, format!("vector of {} bytes", blob.len())));
+impl RawTemplate {
+    pub(super) fn open(self, keys: &TemplateKeys) -> Result<StoredTemplate> {
+        let mut t = self.t;
+        let key = t.id.to_string();
+        t.kind = parsed(TemplateKind::parse(&self.kind), "templates", &key, "kind", &self.kind)?;
+        let aad = template_aad(&t.guest_id, &t.property_id, &self.kind, &t.model_id);
+        let plain = self
+            .key_id
+            .as_deref()
+            .and_then(|id| keys.open(id, &aad, &self.sealed))
+            .ok_or_else(|| {
+                corrupt(
+                    "templates",
+                    &key,
+                    format!(
+                        "does not open with template key {:?} (unknown key, or the row was altered)",
+                        self.key_id.as_deref().unwrap_or("none")
+                    ),
+                )
+            })?;
+        t.vector = blob_to_vec(&plain)
+            .ok_or_else(|| corrupt("templates", &key, format!("vector of {} bytes", plain.len())))?;
+        Ok(t)
     }
-    t.vector = blob
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok(t)
+}
+
+impl RawTemplate {
+    /// A row of schema version 4, its vector in the clear (sealed when the store opens).
+    pub(super) fn in_the_clear(self) -> Result<StoredTemplate> {
+        let mut t = self.t;
+        let key = t.id.to_string();
+        t.kind = parsed(TemplateKind::parse(&self.kind), "templates", &key, "kind", &self.kind)?;
+        t.vector = blob_to_vec(&self.sealed)
+            .ok_or_else(|| corrupt("templates", &key, format!("vector of {} bytes", self.sealed.len())))?;
+        Ok(t)
+    }
+}
+
+pub(super) fn blob_to_vec(b: &[u8]) -> Option<Vec<f32>> {
+    b.len().is_multiple_of(4).then(|| {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
 }
 
 pub(super) const DEC_SELECT: &str =

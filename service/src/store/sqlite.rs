@@ -1,25 +1,139 @@
-//! The SQLite store: one file, WAL, `synchronous=FULL`, `secure_delete`, schema versions applied at
-//! open. Each call runs on the blocking pool (`spawn_blocking`) with the one connection.
+//! The SQLite store: one file (0600), WAL, `synchronous=FULL`, `secure_delete`, schema versions
+//! applied at open; templates sealed with the template keys (`cipher`). Each call runs on the
+//! blocking pool (`spawn_blocking`) with the one connection.
 
 use super::audit::{self, AuditEntry, AuditEvent, Verification};
+use super::cipher::{self, template_aad, TemplateKeys};
 use super::rows::{
-    append_audit, cred_row, dec_row, names_json, parse_template, res_row, tpl_row, vec_to_blob, CRED_SELECT,
-    DEC_SELECT, RES_SELECT, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_VERSION, TPL_SELECT,
+    append_audit, cred_row, dec_row, names_json, res_row, tpl_row, vec_to_blob, CRED_SELECT, DEC_SELECT, RES_SELECT,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_VERSION, TPL_SELECT,
 };
 use super::{
-    ConsentRecord, CredentialRow, DecisionRow, Enrolled, NewTemplate, OverrideRow, ReservationInput, ReservationView,
-    Result, ReviewCursor, Store, StoreError, StoredTemplate,
+    ConsentRecord, CredentialRow, DecisionRow, Enrolled, Erased, NewTemplate, OverrideRow, PurgeRules, Purged,
+    ReservationInput, ReservationView, Result, ReviewCursor, Store, StoreError, StoredTemplate, Upserted,
 };
 use crate::domain::{HealthRecord, Outcome, ResStatus};
 use chrono::NaiveDate;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, ToSql, Transaction};
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+const BUSY_TIMEOUT_MS: u64 = 5000;
+
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    keys: Arc<TemplateKeys>,
+}
+
+/// The guest's pseudonymous reference (a keyed hash under the key in the guest's row).
+fn ref_of_guest(c: &Connection, guest_id: &str) -> Result<String> {
+    let key: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT ref_key FROM guests WHERE guest_id = ?1",
+            params![guest_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    key.map(|k| cipher::guest_ref(&k)).ok_or_else(|| StoreError::Corrupt {
+        table: "guests",
+        key: "(a guest)".into(),
+        what: "no reference key".into(),
+    })
+}
+
+fn new_guest(tx: &Transaction, full_name: &str, guest_ref: &str) -> Result<String> {
+    let gid = new_guest_id();
+    tx.execute(
+        "INSERT INTO guests (guest_id, full_name, guest_ref, ref_key) VALUES (?1, ?2, ?3, ?4)",
+        params![gid, full_name, guest_ref, cipher::new_subject_key()],
+    )?;
+    Ok(gid)
+}
+
+/// Clears the personal fields of the decisions `filter` selects (a condition on `decisions`) and
+/// the keys that vouched for them in the audit trail, with their overrides' reasons; outcome,
+/// reasons and scores stay, for statistics. Returns how many.
+fn anonymise_decisions(tx: &Transaction, filter: &str, p: &[&dyn ToSql], now_ms: i64) -> Result<usize> {
+    let ids: Vec<String> = {
+        let mut st = tx.prepare(&format!(
+            "SELECT id FROM decisions WHERE anonymised_at_ms IS NULL AND ({filter})"
+        ))?;
+        let rows = st.query_map(p, |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for id in &ids {
+        tx.execute(
+            "UPDATE decisions SET reservation_code = '', guest_id = NULL, mac_key = NULL, anonymised_at_ms = ?2
+             WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        tx.execute("UPDATE overrides SET reason = '' WHERE decision_id = ?1", params![id])?;
+    }
+    Ok(ids.len())
+}
+
+/// Deletes a guest entirely: templates, the guest's decisions' personal fields, the reservation
+/// and guest rows (the reference key with them). Returns the deleted template ids and how many
+/// decisions were anonymised.
+fn forget_guest(tx: &Transaction, res: &ReservationView, now_ms: i64) -> Result<(Vec<i64>, usize)> {
+    let gref = ref_of_guest(tx, &res.guest_id)?;
+    let ids = template_ids(tx, &res.guest_id)?;
+    tx.execute("DELETE FROM templates WHERE guest_id = ?1", params![res.guest_id])?;
+    let decisions = anonymise_decisions(
+        tx,
+        "guest_id = ?1 OR subject_ref = ?2 OR (property_id = ?3 AND reservation_code = ?4)",
+        &[&res.guest_id, &gref, &res.property_id, &res.code],
+        now_ms,
+    )?;
+    tx.execute(
+        "DELETE FROM reservations WHERE property_id = ?1 AND code = ?2",
+        params![res.property_id, res.code],
+    )?;
+    tx.execute("DELETE FROM guests WHERE guest_id = ?1", params![res.guest_id])?;
+    Ok((ids, decisions))
+}
+
+fn template_ids(c: &Connection, guest_id: &str) -> Result<Vec<i64>> {
+    let mut st = c.prepare("SELECT id FROM templates WHERE guest_id = ?1")?;
+    let rows = st.query_map(params![guest_id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Moves the WAL's committed pages into the (secure-deleted) main file and truncates it, so no
+/// copy of deleted rows stays in the WAL: retried a few times while a reader holds it; answers
+/// whether it completed.
+fn checkpoint_wal(c: &Connection) -> Result<bool> {
+    // A short wait per attempt (not the connection's 5 s busy timeout): the connection serves
+    // every other call meanwhile.
+    c.busy_timeout(std::time::Duration::from_millis(50))?;
+    let mut done = Ok(false);
+    for attempt in 0..4 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+        }
+        match c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => {
+                done = Ok(true);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                done = Err(e.into());
+                break;
+            }
+        }
+    }
+    c.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    done
+}
+
+/// Two names of one person: the same letters, case and spacing aside.
+fn same_name(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    norm(a) == norm(b)
 }
 
 fn new_guest_id() -> String {
@@ -53,12 +167,33 @@ fn decision(c: &Connection, id: &str) -> Result<Option<DecisionRow>> {
 
 impl SqliteStore {
     /// Opens (creating on first start) the store file and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<SqliteStore> {
+    /// The file, its WAL and its directory are made private (0600, 0700) on first start.
+    pub fn open(path: &Path, keys: Arc<TemplateKeys>) -> Result<SqliteStore> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            if !dir.exists() {
+                let mut b = std::fs::DirBuilder::new();
+                b.recursive(true);
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+                b.create(dir).map_err(io(dir))?;
+            }
+        }
+        // SQLite makes the WAL and its index with the main file's mode: a private file first.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(io(path))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
         }
         let conn = Connection::open(path)?;
         conn.execute_batch(
@@ -84,8 +219,39 @@ impl SqliteStore {
         if version < 4 {
             conn.execute_batch(&format!("BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"))?;
         }
+        let mut conn = conn;
+        if version < 5 {
+            let tx = conn.transaction()?;
+            tx.execute_batch(SCHEMA_V5)?;
+            // Templates stored in the clear by version 4 are sealed now.
+            reseal_templates(&tx, &keys, true)?;
+            tx.execute_batch("PRAGMA user_version = 5;")?;
+            tx.commit()?;
+            checkpoint_wal(&conn)?;
+        }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            keys,
+        })
+    }
+
+    /// Re-seals every template not sealed with the current key (`lobby-server
+    /// rotate-template-key`), in one transaction with its audit entry; returns how many.
+    pub fn reseal_all(&self, actor: &str, now_ms: i64) -> Result<usize> {
+        let keys = self.keys.clone();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = reseal_templates(&tx, &keys, false)?;
+            let ev = AuditEvent {
+                kind: "template_key_rotated",
+                actor: actor.to_string(),
+                subject: keys.current_id().to_string(),
+                details: json!({"templates_resealed": n}),
+            };
+            append_audit(&tx, &ev, now_ms)?;
+            tx.commit()?;
+            checkpoint_wal(c)?;
+            Ok(n)
         })
     }
 
@@ -104,7 +270,10 @@ impl SqliteStore {
                         "SELECT d.rowid, d.id, d.outcome, d.final_outcome, a.seq, json_extract(a.details, '$.outcome'),
                                 o.action, o.reason, oa.seq, json_extract(oa.details, '$.action'),
                                 json_extract(oa.details, '$.to'), json_extract(oa.details, '$.reason'),
-                                d.reservation_code, json_extract(a.details, '$.reservation_code')
+                                d.reservation_code, json_extract(a.details, '$.reservation_code'),
+                                d.guest_id, d.subject_ref, d.mac_key, json_type(a.details, '$.ref') IS NOT NULL,
+                                json_extract(a.details, '$.ref'), json_extract(a.details, '$.code_mac'),
+                                json_extract(oa.details, '$.reason_mac')
                          FROM decisions d
                          LEFT JOIN audit a ON a.subject = d.id AND a.kind = 'decision'
                          LEFT JOIN overrides o ON o.decision_id = d.id
@@ -153,32 +322,43 @@ impl SqliteStore {
 
 #[tonic::async_trait]
 impl Store for SqliteStore {
-    async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<ReservationView> {
+    async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<Upserted> {
         let (r, actor) = (r.clone(), actor.to_string());
         self.run(move |c| {
             let tx = c.transaction()?;
             let existing = res_by_code(&tx, &r.property_id, &r.code)?;
+            let (mut dropped, mut decisions, mut person_changed) = (Vec::new(), 0, false);
             let guest_id = match &existing {
-                Some(e) if e.erased => {
-                    return Err(StoreError::Conflict(format!("the guest of reservation {} was erased", r.code)))
-                }
                 Some(e) => {
-                    tx.execute(
-                        "UPDATE guests SET full_name = ?2, guest_ref = ?3 WHERE guest_id = ?1",
-                        params![e.guest_id, r.full_name, r.guest_ref],
-                    )?;
-                    tx.execute(
-                        "UPDATE reservations SET arrival = ?3, departure = ?4, status = ?5 WHERE property_id = ?1 AND code = ?2",
-                        params![r.property_id, r.code, r.arrival.to_string(), r.departure.to_string(), r.status.as_str()],
-                    )?;
-                    e.guest_id.clone()
+                    // Another person on the same booking: the first person's templates, consent,
+                    // health status and decisions are not theirs; forgotten as at an erasure.
+                    person_changed = if !e.guest_ref.is_empty() && !r.guest_ref.is_empty() {
+                        e.guest_ref != r.guest_ref
+                    } else {
+                        !same_name(&e.full_name, &r.full_name)
+                    };
+                    if person_changed {
+                        (dropped, decisions) = forget_guest(&tx, e, now_ms)?;
+                        let gid = new_guest(&tx, &r.full_name, &r.guest_ref)?;
+                        tx.execute(
+                            "INSERT INTO reservations (property_id, code, guest_id, arrival, departure, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![r.property_id, r.code, gid, r.arrival.to_string(), r.departure.to_string(), r.status.as_str()],
+                        )?;
+                        gid
+                    } else {
+                        tx.execute(
+                            "UPDATE guests SET full_name = ?2, guest_ref = ?3 WHERE guest_id = ?1",
+                            params![e.guest_id, r.full_name, r.guest_ref],
+                        )?;
+                        tx.execute(
+                            "UPDATE reservations SET arrival = ?3, departure = ?4, status = ?5 WHERE property_id = ?1 AND code = ?2",
+                            params![r.property_id, r.code, r.arrival.to_string(), r.departure.to_string(), r.status.as_str()],
+                        )?;
+                        e.guest_id.clone()
+                    }
                 }
                 None => {
-                    let gid = new_guest_id();
-                    tx.execute(
-                        "INSERT INTO guests (guest_id, full_name, guest_ref) VALUES (?1, ?2, ?3)",
-                        params![gid, r.full_name, r.guest_ref],
-                    )?;
+                    let gid = new_guest(&tx, &r.full_name, &r.guest_ref)?;
                     tx.execute(
                         "INSERT INTO reservations (property_id, code, guest_id, arrival, departure, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         params![r.property_id, r.code, gid, r.arrival.to_string(), r.departure.to_string(), r.status.as_str()],
@@ -189,14 +369,23 @@ impl Store for SqliteStore {
             let ev = AuditEvent {
                 kind: "reservation_upserted",
                 actor,
-                subject: format!("{}/{}", r.property_id, r.code),
-                details: json!({"guest_id": guest_id, "arrival": r.arrival.to_string(), "departure": r.departure.to_string(),
-                                "status": r.status.as_str(), "created": existing.is_none()}),
+                subject: ref_of_guest(&tx, &guest_id)?,
+                details: json!({"property_id": r.property_id, "arrival": r.arrival.to_string(),
+                                "departure": r.departure.to_string(), "status": r.status.as_str(),
+                                "created": existing.is_none(), "person_changed": person_changed,
+                                "templates_deleted": dropped.len(), "decisions_anonymised": decisions}),
             };
             append_audit(&tx, &ev, now_ms)?;
             let view = res_required(&tx, &r.property_id, &r.code)?;
             tx.commit()?;
-            Ok(view)
+            if person_changed {
+                checkpoint_wal(c)?;
+            }
+            Ok(Upserted {
+                view,
+                dropped_templates: dropped,
+                person_changed,
+            })
         })
         .await
     }
@@ -225,8 +414,8 @@ impl Store for SqliteStore {
         let property = property.to_string();
         self.run(move |c| {
             let mut st = c.prepare(
-                "SELECT r.guest_id FROM reservations r JOIN guests g ON g.guest_id = r.guest_id
-                 WHERE r.property_id = ?1 AND g.erased_at_ms IS NULL AND r.status IN (?2, ?3)
+                "SELECT r.guest_id FROM reservations r
+                 WHERE r.property_id = ?1 AND r.status IN (?2, ?3)
                  AND date(r.arrival, printf('-%d days', ?4)) <= ?5 AND ?5 < date(r.departure, printf('+%d days', ?4))",
             )?;
             let rows = st.query_map(
@@ -260,12 +449,10 @@ impl Store for SqliteStore {
             templates.to_vec(),
             actor.to_string(),
         );
+        let keys = self.keys.clone();
         self.run(move |c| {
             let tx = c.transaction()?;
             let res = res_required(&tx, &property, &code)?;
-            if res.erased {
-                return Err(StoreError::Conflict("the guest was erased; upsert a new reservation".into()));
-            }
             tx.execute(
                 "UPDATE guests SET consent_method = ?2, consent_text_version = ?3, consent_at_ms = ?4 WHERE guest_id = ?1",
                 params![res.guest_id, consent.method, consent.text_version, consent.at_ms],
@@ -275,25 +462,24 @@ impl Store for SqliteStore {
             model_ids.dedup();
             // An enrolment replaces the guest's templates: a retried request gives the same result,
             // never a second copy.
-            let replaced: Vec<i64> = {
-                let mut st = tx.prepare("SELECT id FROM templates WHERE guest_id = ?1")?;
-                let rows = st.query_map(params![res.guest_id], |r| r.get(0))?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+            let replaced = template_ids(&tx, &res.guest_id)?;
             tx.execute("DELETE FROM templates WHERE guest_id = ?1", params![res.guest_id])?;
             let mut ids = Vec::new();
             for t in &templates {
+                let aad = template_aad(&res.guest_id, &property, t.kind.as_str(), &t.model_id);
+                let (key_id, sealed) = keys.seal(&aad, &vec_to_blob(&t.vector));
                 tx.execute(
-                    "INSERT INTO templates (guest_id, property_id, model_id, kind, vector, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![res.guest_id, property, t.model_id, t.kind.as_str(), vec_to_blob(&t.vector), now_ms],
+                    "INSERT INTO templates (guest_id, property_id, model_id, kind, vector, created_at_ms, key_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![res.guest_id, property, t.model_id, t.kind.as_str(), sealed, now_ms, key_id],
                 )?;
                 ids.push(tx.last_insert_rowid());
             }
             let ev = AuditEvent {
                 kind: "face_enrolled",
                 actor,
-                subject: format!("{property}/{code}"),
-                details: json!({"guest_id": res.guest_id, "templates_added": ids.len(),
+                subject: ref_of_guest(&tx, &res.guest_id)?,
+                details: json!({"property_id": property, "templates_added": ids.len(),
                                 "templates_replaced": replaced.len(), "model_ids": model_ids,
                                 "consent_method": consent.method, "consent_text_version": consent.text_version,
                                 "consent_at_ms": consent.at_ms}),
@@ -321,9 +507,6 @@ impl Store for SqliteStore {
         self.run(move |c| {
             let tx = c.transaction()?;
             let res = res_required(&tx, &property, &code)?;
-            if res.erased {
-                return Err(StoreError::Conflict("the guest was erased".into()));
-            }
             tx.execute(
                 "UPDATE guests SET health_colour = ?2, health_issued_at_ms = ?3, health_expires_at_ms = ?4, health_source = ?5
                  WHERE guest_id = ?1",
@@ -332,8 +515,8 @@ impl Store for SqliteStore {
             let ev = AuditEvent {
                 kind: "health_updated",
                 actor,
-                subject: format!("{property}/{code}"),
-                details: json!({"guest_id": res.guest_id, "colour": h.colour.as_str(), "issued_at_ms": h.issued_at_ms,
+                subject: ref_of_guest(&tx, &res.guest_id)?,
+                details: json!({"property_id": property, "colour": h.colour.as_str(), "issued_at_ms": h.issued_at_ms,
                                 "expires_at_ms": h.expires_at_ms, "source": h.source}),
             };
             append_audit(&tx, &ev, now_ms)?;
@@ -344,14 +527,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn erase_guest(
-        &self,
-        property: &str,
-        code: &str,
-        reason: &str,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<(String, Vec<i64>)> {
+    async fn erase_guest(&self, property: &str, code: &str, reason: &str, actor: &str, now_ms: i64) -> Result<Erased> {
         let (property, code, reason, actor) = (
             property.to_string(),
             code.to_string(),
@@ -361,49 +537,132 @@ impl Store for SqliteStore {
         self.run(move |c| {
             let tx = c.transaction()?;
             let res = res_required(&tx, &property, &code)?;
-            let ids: Vec<i64> = {
-                let mut st = tx.prepare("SELECT id FROM templates WHERE guest_id = ?1")?;
-                let rows = st.query_map(params![res.guest_id], |r| r.get(0))?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            tx.execute("DELETE FROM templates WHERE guest_id = ?1", params![res.guest_id])?;
-            tx.execute(
-                "UPDATE guests SET full_name = '', guest_ref = '', erased_at_ms = ?2, consent_method = NULL,
-                 consent_text_version = NULL, consent_at_ms = NULL, health_colour = 'UNKNOWN', health_issued_at_ms = 0,
-                 health_expires_at_ms = 0, health_source = '' WHERE guest_id = ?1",
-                params![res.guest_id, now_ms],
-            )?;
+            let gref = ref_of_guest(&tx, &res.guest_id)?;
+            let (ids, decisions) = forget_guest(&tx, &res, now_ms)?;
             let ev = AuditEvent {
                 kind: "guest_erased",
                 actor,
-                subject: format!("{property}/{code}"),
-                details: json!({"guest_id": res.guest_id, "templates_deleted": ids.len(), "reason": reason}),
+                subject: gref,
+                details: json!({"property_id": property, "templates_deleted": ids.len(),
+                                "decisions_anonymised": decisions, "reason": reason}),
             };
             append_audit(&tx, &ev, now_ms)?;
             tx.commit()?;
-            // Move the committed pages out of the WAL into the (secure-deleted) main file, so no copy
-            // of the erased templates stays in the WAL.
-            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            Ok((res.guest_id, ids))
+            let wal_cleared = checkpoint_wal(c)?;
+            Ok(Erased {
+                guest_id: res.guest_id,
+                templates: ids,
+                decisions_anonymised: decisions,
+                wal_cleared,
+            })
+        })
+        .await
+    }
+
+    async fn checkpoint_wal(&self) -> Result<bool> {
+        self.run(|c| checkpoint_wal(c)).await
+    }
+
+    async fn properties(&self) -> Result<Vec<String>> {
+        self.run(|c| {
+            let mut st = c.prepare("SELECT DISTINCT property_id FROM reservations ORDER BY property_id")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn purge(&self, rules: &PurgeRules, now_ms: i64) -> Result<Purged> {
+        let rules = rules.clone();
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let mut out = Purged::default();
+            // Templates: (rule, the condition on `r`, its date).
+            for p in &rules.properties {
+                let template_rules: [(&str, &str, Option<NaiveDate>); 3] = [
+                    ("templates_after_departure", "r.departure < ?2", Some(p.departed_before)),
+                    (
+                        "templates_of_no_shows",
+                        "r.status = 'BOOKED' AND r.arrival < ?2",
+                        Some(p.no_show_arrived_before),
+                    ),
+                    ("templates_of_cancelled", "r.status = 'CANCELLED' AND ?2 IS NULL", None),
+                ];
+                for (rule, cond, date) in template_rules {
+                    let rows: Vec<(i64, String)> = {
+                        let mut st = tx.prepare(&format!(
+                            "SELECT t.id, t.guest_id FROM templates t JOIN reservations r ON r.guest_id = t.guest_id
+                             WHERE r.property_id = ?1 AND {cond}"
+                        ))?;
+                        let rows = st.query_map(params![p.property, date.map(|d| d.to_string())], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                        rows.collect::<rusqlite::Result<_>>()?
+                    };
+                    for (id, _) in &rows {
+                        tx.execute("DELETE FROM templates WHERE id = ?1", params![id])?;
+                        out.templates.push((p.property.clone(), *id));
+                    }
+                    let guests: HashSet<&String> = rows.iter().map(|(_, g)| g).collect();
+                    out.count(rule, "templates_deleted", rows.len());
+                    out.count(rule, "guests", guests.len());
+                }
+                // Guests forgotten: the reservation and the person, as at an erasure.
+                let gone: Vec<String> = {
+                    let mut st =
+                        tx.prepare("SELECT code FROM reservations WHERE property_id = ?1 AND departure < ?2")?;
+                    let rows = st.query_map(params![p.property, p.forget_departed_before.to_string()], |r| r.get(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                for code in &gone {
+                    let res = res_required(&tx, &p.property, code)?;
+                    let (ids, decisions) = forget_guest(&tx, &res, now_ms)?;
+                    out.templates.extend(ids.iter().map(|id| (p.property.clone(), *id)));
+                    out.count("guests_after_departure", "guests_forgotten", 1);
+                    out.count("guests_after_departure", "templates_deleted", ids.len());
+                    out.count("guests_after_departure", "decisions_anonymised", decisions);
+                }
+            }
+            let n = anonymise_decisions(&tx, "created_at_ms < ?1", &[&rules.decisions_before_ms], now_ms)?;
+            out.count("decisions", "decisions_anonymised", n);
+            for (rule, counts) in &out.counts {
+                if counts.values().any(|n| *n > 0) {
+                    let ev = AuditEvent {
+                        kind: "retention_purge",
+                        actor: "retention".into(),
+                        subject: rule.clone(),
+                        details: json!(counts),
+                    };
+                    append_audit(&tx, &ev, now_ms)?;
+                }
+            }
+            tx.commit()?;
+            if out.counts.values().any(|c| c.values().any(|n| *n > 0)) {
+                out.wal_cleared = checkpoint_wal(c)?;
+            } else {
+                out.wal_cleared = true;
+            }
+            Ok(out)
         })
         .await
     }
 
     async fn all_templates(&self) -> Result<Vec<StoredTemplate>> {
-        self.run(|c| {
+        let keys = self.keys.clone();
+        self.run(move |c| {
             let mut st = c.prepare(&format!("{TPL_SELECT} ORDER BY id"))?;
             let rows = st.query_map([], tpl_row)?;
-            rows.map(|r| parse_template(r?)).collect()
+            rows.map(|r| r?.open(&keys)).collect()
         })
         .await
     }
 
     async fn guest_templates(&self, guest_id: &str) -> Result<Vec<StoredTemplate>> {
-        let guest_id = guest_id.to_string();
+        let (guest_id, keys) = (guest_id.to_string(), self.keys.clone());
         self.run(move |c| {
             let mut st = c.prepare(&format!("{TPL_SELECT} WHERE guest_id = ?1 ORDER BY id"))?;
             let rows = st.query_map(params![guest_id], tpl_row)?;
-            rows.map(|r| parse_template(r?)).collect()
+            rows.map(|r| r?.open(&keys)).collect()
         })
         .await
     }
@@ -418,8 +677,7 @@ impl Store for SqliteStore {
                     // Compare-and-set: only a reservation still BOOKED, of a guest not erased.
                     let n = tx.execute(
                         "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3
-                         WHERE property_id = ?1 AND code = ?2 AND status = ?5
-                         AND guest_id IN (SELECT guest_id FROM guests WHERE erased_at_ms IS NULL)",
+                         WHERE property_id = ?1 AND code = ?2 AND status = ?5",
                         params![
                             d.property_id,
                             d.reservation_code,
@@ -438,11 +696,30 @@ impl Store for SqliteStore {
             };
             let reasons = names_json(&d.reasons, |r| r.as_str());
             let steps = names_json(&d.steps, |s| s.as_str());
+            // The guest the decision is about, by pseudonym; its personal fields vouched for in the
+            // trail by keyed hashes under the decision's own key (cleared when it is anonymised).
+            let guest = match &d.guest_id {
+                Some(g) => Some(g.clone()),
+                None if !d.reservation_code.is_empty() => tx
+                    .query_row(
+                        "SELECT guest_id FROM reservations WHERE property_id = ?1 AND code = ?2",
+                        params![d.property_id, d.reservation_code],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .optional()?,
+                None => None,
+            };
+            let subject_ref = match &guest {
+                Some(g) => ref_of_guest(&tx, g)?,
+                None => String::new(),
+            };
+            let mac_key = cipher::new_subject_key();
+            let code_mac = code_mac(&mac_key, &d.reservation_code);
             tx.execute(
                 "INSERT INTO decisions (id, property_id, kiosk_id, created_at_ms, outcome, reasons, reservation_code, guest_id,
                  match_score, match_threshold, live, liveness_score, masked, health_colour, guest_message, final_outcome,
-                 steps, frames, fused_frames, cascade_score, cascade_threshold)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                 steps, frames, fused_frames, cascade_score, cascade_threshold, subject_ref, mac_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
                 params![
                     d.id,
                     d.property_id,
@@ -464,7 +741,9 @@ impl Store for SqliteStore {
                     d.frames,
                     d.fused_frames,
                     d.cascade.map(|c| c.0 as f64),
-                    d.cascade.map(|c| c.1 as f64)
+                    d.cascade.map(|c| c.1 as f64),
+                    subject_ref,
+                    mac_key
                 ],
             )?;
             let ev = AuditEvent {
@@ -473,7 +752,7 @@ impl Store for SqliteStore {
                 subject: d.id.clone(),
                 details: json!({"property_id": d.property_id, "outcome": d.outcome.as_str(),
                                 "reasons": d.reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
-                                "reservation_code": d.reservation_code, "guest_id": d.guest_id,
+                                "ref": subject_ref, "code_mac": code_mac,
                                 "match_score": (d.match_score * 1e4).round() / 1e4,
                                 "match_threshold": (d.match_threshold * 1e4).round() / 1e4,
                                 "live": d.live, "masked": d.masked, "health_colour": d.health_colour.as_str(),
@@ -535,6 +814,16 @@ impl Store for SqliteStore {
             if d.override_.is_some() {
                 return Err(StoreError::Conflict(format!("decision {id} was already overridden")));
             }
+            let (subject_ref, mac_key): (String, Option<Vec<u8>>) = tx.query_row(
+                "SELECT subject_ref, mac_key FROM decisions WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let Some(mac_key) = mac_key else {
+                return Err(StoreError::Conflict(format!(
+                    "decision {id} was anonymised (retention or erasure); it can no longer be overridden"
+                )));
+            };
             tx.execute(
                 "INSERT INTO overrides (decision_id, action, staff_id, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, ov.action.as_str(), ov.staff_id, ov.reason, ov.at_ms],
@@ -548,8 +837,7 @@ impl Store for SqliteStore {
                 // out, or erased since the decision is not checked in by an override.
                 let n = tx.execute(
                     "UPDATE reservations SET status = ?4, checked_in_at_ms = ?3
-                     WHERE property_id = ?1 AND code = ?2 AND status = ?5
-                     AND guest_id IN (SELECT guest_id FROM guests WHERE erased_at_ms IS NULL)",
+                     WHERE property_id = ?1 AND code = ?2 AND status = ?5",
                     params![
                         d.property_id,
                         d.reservation_code,
@@ -572,9 +860,9 @@ impl Store for SqliteStore {
                 kind: "override",
                 actor: ov.staff_id.clone(),
                 subject: id.clone(),
-                details: json!({"action": ov.action.as_str(), "reason": ov.reason, "from": d.final_outcome.as_str(),
-                                "to": final_outcome.as_str(), "property_id": d.property_id,
-                                "reservation_code": d.reservation_code,
+                details: json!({"action": ov.action.as_str(), "reason_mac": cipher::keyed_hash(&mac_key, &ov.reason),
+                                "from": d.final_outcome.as_str(), "to": final_outcome.as_str(),
+                                "property_id": d.property_id, "ref": subject_ref,
                                 "overrides_red_health_code": red_override}),
             };
             append_audit(&tx, &ev, ov.at_ms)?;
@@ -744,22 +1032,52 @@ impl Store for SqliteStore {
     }
 }
 
-/// One row of `cross_check_decisions`' query: what is wrong with the decision, if anything.
+fn code_mac(key: &[u8], code: &str) -> Option<String> {
+    (!code.is_empty()).then(|| cipher::keyed_hash(key, code))
+}
+
+/// One row of `cross_check_decisions`' query: what is wrong with the decision, if anything. The
+/// trail vouches for a decision's personal fields by keyed hashes under the decision's key; once
+/// the decision is anonymised (no key) those fields must be empty. Entries written before schema
+/// version 5 named the reservation code and the override's reason in the clear.
 fn check_decision_row(r: &rusqlite::Row, id: &str, entries: i64) -> rusqlite::Result<Option<(i64, String)>> {
     let (outcome, final_outcome): (String, String) = (r.get(2)?, r.get(3)?);
     let (seq, said): (Option<i64>, Option<String>) = (r.get(4)?, r.get(5)?);
     let (code, said_code): (String, Option<String>) = (r.get(12)?, r.get(13)?);
+    let (guest_id, subject_ref, key): (Option<String>, String, Option<Vec<u8>>) = (r.get(14)?, r.get(15)?, r.get(16)?);
+    let (v5, said_ref, said_code_mac): (bool, Option<String>, Option<String>) = (r.get(17)?, r.get(18)?, r.get(19)?);
+    let anonymised = code.is_empty() && guest_id.is_none();
     let Some(seq) = seq else {
         return Ok(Some((entries + 1, format!("decision {id} has no audit entry"))));
     };
-    if said.as_deref() != Some(outcome.as_str()) || said_code.as_deref() != Some(code.as_str()) {
-        return Ok(Some((
-            seq,
-            format!("decision {id} does not read as its audit entry says"),
-        )));
+    let not_as_said = || Some((seq, format!("decision {id} does not read as its audit entry says")));
+    if said.as_deref() != Some(outcome.as_str()) {
+        return Ok(not_as_said());
+    }
+    if v5 {
+        if said_ref.unwrap_or_default() != subject_ref {
+            return Ok(not_as_said());
+        }
+        match &key {
+            Some(k) if code_mac(k, &code) != said_code_mac => return Ok(not_as_said()),
+            None if !anonymised => {
+                return Ok(Some((
+                    seq,
+                    format!("decision {id} holds personal fields its audit entry cannot vouch for"),
+                )))
+            }
+            _ => {}
+        }
+    } else if said_code.as_deref() != Some(code.as_str()) && !(key.is_none() && anonymised) {
+        return Ok(not_as_said());
     }
     let (action, reason, oseq): (Option<String>, Option<String>, Option<i64>) = (r.get(6)?, r.get(7)?, r.get(8)?);
-    let said_override: (Option<String>, Option<String>, Option<String>) = (r.get(9)?, r.get(10)?, r.get(11)?);
+    let (said_action, said_to, said_reason, said_reason_mac): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = (r.get(9)?, r.get(10)?, r.get(11)?, r.get(20)?);
     Ok(match (action, oseq) {
         (None, None) if final_outcome == outcome => None,
         (None, None) => Some((
@@ -771,11 +1089,52 @@ fn check_decision_row(r: &rusqlite::Row, id: &str, entries: i64) -> rusqlite::Re
             oseq,
             format!("the override of decision {id} is in the trail but not in the store"),
         )),
-        (Some(action), Some(oseq)) => (said_override != (Some(action), Some(final_outcome), reason)).then(|| {
-            (
-                oseq,
-                format!("the override of decision {id} does not read as its audit entry says"),
-            )
-        }),
+        (Some(action), Some(oseq)) => {
+            let reason = reason.unwrap_or_default();
+            let reason_ok = match (&said_reason_mac, &key) {
+                (Some(mac), Some(k)) => cipher::keyed_hash(k, &reason) == *mac,
+                (Some(_), None) => reason.is_empty(),
+                (None, _) => said_reason.as_deref() == Some(reason.as_str()) || (key.is_none() && reason.is_empty()),
+            };
+            (said_action.as_deref() != Some(action.as_str())
+                || said_to.as_deref() != Some(final_outcome.as_str())
+                || !reason_ok)
+                .then(|| {
+                    (
+                        oseq,
+                        format!("the override of decision {id} does not read as its audit entry says"),
+                    )
+                })
+        }
     })
+}
+
+/// Seals the templates not sealed with the current key (`plain`: rows of schema version 4, stored
+/// in the clear); returns how many.
+fn reseal_templates(tx: &Transaction, keys: &TemplateKeys, plain: bool) -> Result<usize> {
+    let current = keys.current_id().to_string();
+    let rows: Vec<super::StoredTemplate> = {
+        let mut st = tx.prepare(&format!(
+            "{TPL_SELECT} WHERE {}",
+            if plain { "key_id IS NULL" } else { "key_id IS NOT ?1" }
+        ))?;
+        let raw: Vec<_> = if plain {
+            st.query_map([], tpl_row)?.collect::<rusqlite::Result<_>>()?
+        } else {
+            st.query_map(params![current], tpl_row)?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        raw.into_iter()
+            .map(|r| if plain { r.in_the_clear() } else { r.open(keys) })
+            .collect::<Result<_>>()?
+    };
+    for t in &rows {
+        let aad = template_aad(&t.guest_id, &t.property_id, t.kind.as_str(), &t.model_id);
+        let (key_id, sealed) = keys.seal(&aad, &vec_to_blob(&t.vector));
+        tx.execute(
+            "UPDATE templates SET vector = ?2, key_id = ?3 WHERE id = ?1",
+            params![t.id, sealed, key_id],
+        )?;
+    }
+    Ok(rows.len())
 }

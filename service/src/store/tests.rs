@@ -27,7 +27,7 @@ async fn a_version_1_store_opens_and_keeps_its_decisions_and_templates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lobby.sqlite3");
     version_1_store(&path);
-    let s = SqliteStore::open(&path).unwrap();
+    let s = SqliteStore::open(&path, std::sync::Arc::new(TemplateKeys::ephemeral())).unwrap();
     let d = s.get_decision("d1").await.unwrap().expect("the old decision");
     assert_eq!((d.outcome, d.reservation_code.as_str()), (Outcome::Review, "R1"));
     assert_eq!(d.reasons, vec![Reason::LowMatchScore]);
@@ -45,7 +45,7 @@ async fn a_version_1_store_opens_and_keeps_its_decisions_and_templates() {
     assert_eq!(v, SCHEMA_VERSION);
     // Opened again: nothing is migrated twice.
     drop(s);
-    SqliteStore::open(&path).unwrap();
+    SqliteStore::open(&path, std::sync::Arc::new(TemplateKeys::ephemeral())).unwrap();
 }
 
 /// A value the server never writes is named, with its table and key, not read as a default.
@@ -54,7 +54,7 @@ async fn a_row_that_does_not_parse_is_corrupt_not_a_default() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lobby.sqlite3");
     version_1_store(&path);
-    let s = SqliteStore::open(&path).unwrap();
+    let s = SqliteStore::open(&path, std::sync::Arc::new(TemplateKeys::ephemeral())).unwrap();
     let corrupt = |sql: &'static str| s.with(move |c| Ok(c.execute_batch(sql)?)).unwrap();
     corrupt("UPDATE reservations SET arrival = 'soon'");
     match s.get_reservation("p", "R1").await {
@@ -84,7 +84,11 @@ async fn a_row_that_does_not_parse_is_corrupt_not_a_default() {
 #[tokio::test]
 async fn expected_guests_are_the_ones_arriving_within_the_slack() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("lobby.sqlite3")).unwrap();
+    let s = SqliteStore::open(
+        &dir.path().join("lobby.sqlite3"),
+        std::sync::Arc::new(TemplateKeys::ephemeral()),
+    )
+    .unwrap();
     let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2027, 1, d).unwrap();
     for (code, arrival, departure, status) in [
         ("A", 15, 17, ResStatus::Booked),

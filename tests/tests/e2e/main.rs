@@ -7,9 +7,12 @@
 //! - [`ladder`]: the check-in stream's escalation ladder driven by the kiosk client.
 //! - [`security`]: TLS and mutual TLS, credentials issued and revoked live, what a kiosk is told,
 //!   bounded streams and pages.
+//! - [`records`]: retention with a moved clock, templates sealed at rest, key rotation, a booking
+//!   given to another person, a busy WAL.
 
 mod fastops;
 mod ladder;
 mod pipeline;
+mod records;
 mod security;
 mod service;

@@ -7,7 +7,6 @@ use lobby_kiosk_client::{self as client, proto as pv, Tls};
 use lobby_service::config::Role;
 use lobby_service::core::credentials;
 use lobby_service::core::healthcode::public_key_b64;
-use lobby_service::store::SqliteStore;
 use lobby_tests::data_dir;
 use lobby_tests::guests::{check_in, code_of, enrol, identities, outcome, set_health};
 use lobby_tests::server::{scratch_dir, start_with, OTHER_PROPERTY, PROPERTY};
@@ -241,7 +240,7 @@ async fn credentials_are_issued_and_revoked_without_a_restart() {
     let Some(s) = start_with(&dir, &issuer_key(), None, |st| st.auth.reload_ms = 200).await else {
         return;
     };
-    let store = SqliteStore::open(&dir.join("lobby.sqlite3")).unwrap();
+    let store = lobby_tests::server::open_store(&dir);
     let (token, row) = credentials::add(&store, Role::Staff, "bob", None, None, "test-operator")
         .await
         .unwrap();

@@ -4,6 +4,7 @@
 use ed25519_dalek::SigningKey;
 use lobby_kiosk_client::proto as pv;
 use lobby_service::core::healthcode::{public_key_b64, sign_qr, Colour, QrPayload};
+use lobby_service::store::Store;
 use lobby_tests::guests::{check_in, code_of, enrol, identities, mfr2_identities, outcome, set_health};
 use lobby_tests::server::{scratch_dir, start, start_with, TestServer, PROPERTY};
 use lobby_tests::{data_dir, read};
@@ -406,7 +407,10 @@ async fn staff_override_of_a_review_is_recorded_and_audited() {
     s.stop().await;
 }
 
-/// Erasure: the guest is no longer matched, templates are gone from the store and the file.
+/// Erasure: the guest is no longer matched, and no table, index or WAL page holds anything that
+/// identifies them: not the name, the guest reference, the reservation code, the guest id, an
+/// override reason naming them, a template (in the clear or sealed), nor the key that made their
+/// pseudonymous reference; what the audit trail keeps of them points at nobody, and still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_guest_is_no_longer_matched() {
     // YELLOW: the check-in is a REVIEW, so the guest is not checked in before the erasure.
@@ -420,17 +424,40 @@ async fn erased_guest_is_no_longer_matched() {
     assert!(before.reasons.contains(&(pv::Reason::Matched as i32)));
     let before_rec = s.record(&before.decision_id).await;
     assert_eq!(before_rec.reservation_code, code_of(id), "matched before erasure");
-    let db_path = s.data_dir.join("lobby.sqlite3");
+    // The desk approves, with a reason that names the guest.
+    let reason = format!("passport of Guest {id} checked at the desk");
+    s.staff()
+        .await
+        .override_decision(pv::OverrideDecisionRequest {
+            decision_id: before.decision_id.clone(),
+            action: pv::OverrideAction::Approve as i32,
+            reason: reason.clone(),
+        })
+        .await
+        .expect("override");
+    let side = lobby_tests::server::open_store(&s.data_dir);
+    let guest_id = side
+        .get_reservation(PROPERTY, &code_of(id))
+        .await
+        .unwrap()
+        .expect("reservation")
+        .guest_id;
     // Enrolment stored four templates of the one photo: clean, masked (mask-aware enrolment) and the
-    // cascade's second stage (teacher, dlib).
-    let blobs: Vec<(String, Vec<u8>)> = {
-        let c = rusqlite::Connection::open(&db_path).unwrap();
-        let mut q = c.prepare("SELECT kind, vector FROM templates ORDER BY id").unwrap();
-        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-        rows.map(Result::unwrap).collect()
-    };
-    let kinds: Vec<&str> = blobs.iter().map(|(k, _)| k.as_str()).collect();
+    // cascade's second stage (teacher, dlib); each in the clear (as the index holds it) and sealed.
+    let plain = side.guest_templates(&guest_id).await.unwrap();
+    let kinds: Vec<&str> = plain.iter().map(|t| t.kind.as_str()).collect();
     assert_eq!(kinds, ["clean", "masked", "teacher", "dlib"]);
+    let (sealed, ref_key): (Vec<Vec<u8>>, Vec<u8>) = side
+        .with(|c| {
+            let mut q = c.prepare("SELECT vector FROM templates ORDER BY id")?;
+            let sealed = q.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let key = c.query_row("SELECT ref_key FROM guests WHERE guest_id = ?1", [&guest_id], |r| {
+                r.get(0)
+            })?;
+            Ok((sealed, key))
+        })
+        .unwrap();
+    let gref = lobby_service::store::cipher::guest_ref(&ref_key);
     let e = s
         .enroller()
         .await
@@ -443,6 +470,11 @@ async fn erased_guest_is_no_longer_matched() {
         .unwrap()
         .into_inner();
     assert_eq!(e.templates_deleted, 4);
+    assert_eq!(e.decisions_anonymised, 1);
+    assert!(
+        e.wal_cleared,
+        "nothing else reads the store: the WAL is cleared at once"
+    );
     let after = check_in(&s, &photos[1], "", "").await;
     assert_ne!(outcome(&after), pv::Outcome::Approved);
     let after_rec = s.record(&after.decision_id).await;
@@ -453,28 +485,77 @@ async fn erased_guest_is_no_longer_matched() {
     );
     let one = check_in(&s, &photos[1], &code_of(id), "").await;
     assert_ne!(outcome(&one), pv::Outcome::Approved);
-    let res = s
+    let gone = s
         .enroller()
         .await
         .get_reservation(pv::GetReservationRequest {
             property_id: PROPERTY.into(),
             reservation_code: code_of(id),
         })
+        .await;
+    assert_eq!(
+        gone.map(|_| ()).unwrap_err().code(),
+        Code::NotFound,
+        "the reservation is gone"
+    );
+    // What staff still see of the decision: outcome and reasons, nobody.
+    let kept = s.record(&before.decision_id).await;
+    assert!(kept.reservation_code.is_empty());
+    assert_eq!(kept.r#override.as_ref().map(|o| o.reason.as_str()), Some(""));
+    assert_eq!(kept.final_outcome, pv::Outcome::Approved as i32);
+    // (The 1:1 try after the erasure names the code the kiosk sent, which names nobody any more;
+    // it is anonymised by retention, as every decision is.)
+    // Every byte of the database and its WAL: no identifying string, no template.
+    let needles: Vec<(String, Vec<u8>)> = [
+        (
+            "the identity (name, guest reference, reservation code)",
+            id.as_bytes().to_vec(),
+        ),
+        ("the guest id", guest_id.as_bytes().to_vec()),
+        ("the override reason", reason.as_bytes().to_vec()),
+        ("the reference key", ref_key.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .chain(plain.iter().map(|t| {
+        let b: Vec<u8> = t.vector[..8].iter().flat_map(|x| x.to_le_bytes()).collect();
+        (format!("the {} template in the clear", t.kind.as_str()), b)
+    }))
+    .chain(
+        sealed
+            .iter()
+            .map(|b| ("a sealed template".to_string(), b[..32].to_vec())),
+    )
+    .collect();
+    for f in ["lobby.sqlite3", "lobby.sqlite3-wal"] {
+        let Ok(bytes) = std::fs::read(s.data_dir.join(f)) else {
+            continue;
+        };
+        for (what, needle) in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{what} still in {f}"
+            );
+        }
+    }
+    // No reference key left makes the trail's pseudonym lead to anyone.
+    let keys: Vec<Vec<u8>> = side
+        .with(|c| {
+            let mut q = c.prepare("SELECT ref_key FROM guests")?;
+            let rows = q.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .unwrap();
+    assert!(keys.iter().all(|k| lobby_service::store::cipher::guest_ref(k) != gref));
+    let trail = s
+        .staff()
+        .await
+        .verify_audit_trail(pv::VerifyAuditTrailRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert!(res.erased && res.templates == 0 && res.guest.as_ref().unwrap().full_name.is_empty());
-    // The template bytes are nowhere in the database files.
-    for f in ["lobby.sqlite3", "lobby.sqlite3-wal"] {
-        if let Ok(bytes) = std::fs::read(s.data_dir.join(f)) {
-            for (kind, blob) in &blobs {
-                assert!(
-                    !bytes.windows(64).any(|w| w == &blob[..64]),
-                    "{kind} template bytes still in {f}"
-                );
-            }
-        }
-    }
+    assert!(trail.intact, "{trail:?}");
+    drop(side);
     s.stop().await;
 }
 
