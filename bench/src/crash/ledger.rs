@@ -36,7 +36,6 @@ pub enum Ack {
 /// A reservation of the trial and every write sent to it, in order.
 #[derive(Debug, Clone)]
 pub struct Booking {
-    pub client: usize,
     pub prop: usize,
     pub code: String,
     pub arrival: String,
@@ -183,7 +182,6 @@ mod tests {
 
     fn booking(writes: Vec<(Write, Ack)>) -> Booking {
         Booking {
-            client: 0,
             prop: 0,
             code: "C".into(),
             arrival: String::new(),

@@ -145,7 +145,6 @@ enum Op {
 
 struct Client {
     shared: Arc<Shared>,
-    index: usize,
     prop: usize,
     pms: ReservationServiceClient<Authed>,
     kiosk: KioskServiceClient<Authed>,
@@ -199,7 +198,6 @@ pub async fn client(shared: Arc<Shared>, setup: ClientSetup, addr: String) -> Co
         .collect();
     let mut c = Client {
         shared,
-        index: setup.index,
         prop: setup.prop,
         pms,
         kiosk,
@@ -256,10 +254,10 @@ impl Client {
         add(Op::CheckIn1N, 14, enrolled > 0);
         add(Op::CheckIn11, 6, enrolled > 0);
         add(Op::CheckInWrongCode, 4, enrolled > 0 && active > 1);
-        add(Op::Decline, 4, active > 0);
+        add(Op::Decline, 6, active > 0);
         add(Op::Stream, 5, enrolled > 0);
-        add(Op::Override, 10, !self.reviews.is_empty());
-        add(Op::Erase, 4, active > 2);
+        add(Op::Override, 14, !self.reviews.is_empty());
+        add(Op::Erase, 6, active > 2);
         let total: u32 = w.iter().map(|x| x.1).sum();
         if total == 0 {
             return None;
@@ -312,7 +310,6 @@ impl Client {
         {
             let mut l = self.shared.ledger();
             l.bookings.entry(code.clone()).or_insert_with(|| Booking {
-                client: self.index,
                 prop: self.prop,
                 code: code.clone(),
                 arrival: self.shared.arrival.clone(),
