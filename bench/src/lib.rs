@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod cascade;
+pub mod crash;
 pub mod datasets;
 pub mod e2e;
 pub mod kiosk;

@@ -178,6 +178,19 @@ impl Gallery {
         self.len(property) == 0
     }
 
+    /// A property's template ids, as the index maps them to guests, and the number of vectors its
+    /// Faiss index holds (the two agree unless the index was corrupted).
+    pub fn contents(&self, property: &str) -> (Vec<i64>, u64) {
+        let map = self.properties.read().unwrap_or_else(|e| e.into_inner());
+        match map.get(property) {
+            Some(p) => {
+                let p = p.lock().unwrap_or_else(|e| e.into_inner());
+                (p.owner.keys().copied().collect(), p.index.ntotal())
+            }
+            None => (Vec::new(), 0),
+        }
+    }
+
     /// Score per guest among the guests `eligible` accepts, best first. Searches `k` nearest
     /// templates and widens the search until at least two eligible guests are seen with every
     /// score they need (clean, and masked for a masked probe when they have masked templates) or the

@@ -46,13 +46,18 @@ pub fn data_dir() -> Option<PathBuf> {
     }
 }
 
+/// Where the models are installed: `LOBBY_MODEL_DIR`, default `target/lobby-test-models`.
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("LOBBY_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/lobby-test-models"))
+}
+
 /// The verified models, installed from the mirror on first use.
 pub fn model_paths() -> Option<ModelPaths> {
     static PATHS: OnceLock<Result<ModelPaths, String>> = OnceLock::new();
     let r = PATHS.get_or_init(|| {
-        let dir = std::env::var_os("LOBBY_MODEL_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target/lobby-test-models"));
+        let dir = model_dir();
         // As `Source::from_env`, but the default mirror is found from the repository, not the cwd.
         let source = match std::env::var("LOBBY_MODEL_BASE_URL").ok().filter(|u| !u.is_empty()) {
             Some(url) => Source::BaseUrl(url),

@@ -324,4 +324,19 @@ impl pv::front_desk_service_server::FrontDeskService for FrontDesk {
                 .unwrap_or_else(|| "intact".into()),
         }))
     }
+
+    async fn check_index(
+        &self,
+        req: Request<pv::CheckIndexRequest>,
+    ) -> Result<Response<pv::CheckIndexResponse>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let v = self.0.check_index(&c, ident("property_id", &r.property_id)?).await?;
+        Ok(Response::new(pv::CheckIndexResponse {
+            indexed: v.indexed,
+            stored: v.stored,
+            missing_from_index: v.missing_from_index,
+            not_in_store: v.not_in_store,
+        }))
+    }
 }

@@ -136,6 +136,11 @@ impl Matcher {
         self.gallery.len(property)
     }
 
+    /// A property's template ids in the index, and the vectors its Faiss index holds.
+    pub fn index_contents(&self, property: &str) -> (Vec<i64>, u64) {
+        self.gallery.contents(property)
+    }
+
     /// Takes templates out of a property's index.
     pub async fn remove(&self, property: &str, ids: &[i64]) -> Result<()> {
         let (g, property, ids) = (self.gallery.clone(), property.to_string(), ids.to_vec());

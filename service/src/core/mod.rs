@@ -13,6 +13,7 @@ pub mod checkin;
 pub mod credentials;
 mod enrolment;
 pub mod healthcode;
+mod index_check;
 pub mod ladder;
 mod matcher;
 pub mod policy;
@@ -25,6 +26,7 @@ pub use anchor::{public_key_b64 as audit_key_b64, read_checkpoint_file};
 pub use caller::Caller;
 pub use checkin::{CheckIn, CheckInStream, Evaluated, StreamAnswer};
 pub use enrolment::{Consent, PhotoOutcome, Rejection};
+pub use index_check::IndexCheck;
 pub use retention::Clock;
 pub use reviews::{FeedEnd, ReviewFeed, REVIEW_PAGE};
 

@@ -567,6 +567,51 @@ async fn a_retried_enrolment_stores_no_second_copy_and_erasure_leaves_no_vector_
 }
 
 #[tokio::test]
+async fn check_index_names_templates_that_the_index_and_the_store_do_not_share() {
+    let f = Fixture::new().await;
+    f.enrolled("R1", 1).await;
+    f.enrolled("R2", 2).await;
+    let same = IndexCheck {
+        indexed: 4,
+        stored: 4,
+        missing_from_index: 0,
+        not_in_store: 0,
+    };
+    assert_eq!(f.app.check_index(&staff(), PROPERTY).await.unwrap(), same);
+    // A stored template the index lost, and an indexed one whose row is gone.
+    let ids: Vec<i64> = f
+        .store
+        .all_templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.kind.indexed())
+        .map(|t| t.id)
+        .collect();
+    f.app.matcher.remove(PROPERTY, &ids[..1]).await.unwrap();
+    f.store
+        .with(|c| Ok(c.execute("DELETE FROM templates WHERE id = ?1", [ids[1]])?))
+        .unwrap();
+    let v = f.app.check_index(&staff(), PROPERTY).await.unwrap();
+    assert_eq!(
+        v,
+        IndexCheck {
+            indexed: 3,
+            stored: 3,
+            missing_from_index: 1,
+            not_in_store: 1,
+        }
+    );
+    // Staff of another property may not look.
+    let other = caller(Role::Staff, "staff-elsewhere");
+    let other = Caller {
+        property: Some("elsewhere".into()),
+        ..other
+    };
+    assert!(f.app.check_index(&other, PROPERTY).await.is_err());
+}
+
+#[tokio::test]
 async fn today_is_the_property_s_own_date() {
     // UTC-12 and UTC+14 are 26 hours apart: their dates always differ. A stay from yesterday to
     // tomorrow in UTC-12 is under way there, and over (departure reached) in UTC+14.

@@ -680,7 +680,12 @@ async fn every_rpc_refuses_every_wrong_role() {
             who,
             "VerifyAuditTrail",
         );
-        checked += 4;
+        expect(
+            c.check_index(pv::CheckIndexRequest::default()).await.map(|_| ()),
+            who,
+            "CheckIndex",
+        );
+        checked += 5;
     }
     // No authorization header at all.
     let mut bare = pv::kiosk_service_client::KioskServiceClient::new(ch.clone());
@@ -702,7 +707,7 @@ async fn every_rpc_refuses_every_wrong_role() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     eprintln!("roles: {checked} (rpc, wrong role) pairs refused");
-    assert_eq!(checked, 3 * 5 + 3 * 2 + 3 * 4);
+    assert_eq!(checked, 3 * 5 + 3 * 2 + 3 * 5);
     s.stop().await;
 }
 
