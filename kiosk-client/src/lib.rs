@@ -7,6 +7,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod import;
 pub mod ladder;
 

@@ -60,6 +60,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ResCmd,
     },
+    /// Audit bundles, offline: no server, no database.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify an exported audit bundle (`lobby staff export-audit`) against the server's public key:
+    /// every checkpoint's signature, every entry's hash and link, the chain through every signed
+    /// head. Exit status 1 when it does not hold.
+    Verify {
+        bundle: PathBuf,
+        /// The server's audit public key (base64, as printed at start), or the `.pub` file holding it.
+        #[arg(long)]
+        public_key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +149,9 @@ enum StaffCmd {
     Decision { decision_id: String },
     /// Verify the audit trail's hash chain.
     VerifyAudit,
+    /// Write the whole audit trail, its signed checkpoints and the server's public key to FILE, for
+    /// `lobby audit verify` offline.
+    ExportAudit { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -227,6 +248,23 @@ async fn main() -> Result<()> {
         key: cli.key.clone(),
         domain: cli.tls_domain.clone(),
     };
+    if let Cmd::Audit {
+        cmd: AuditCmd::Verify { bundle, public_key },
+    } = &cli.cmd
+    {
+        let v = lobby_kiosk_client::audit::verify_file(bundle, public_key)?;
+        match &v.first_broken {
+            None => println!(
+                "intact: {} entries, {} signed checkpoints passed",
+                v.entries, v.checkpoints
+            ),
+            Some((seq, why)) => {
+                println!("BROKEN at entry {seq}: {why} ({} entries read)", v.entries);
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let ch = connect_with(&cli.addr, &tls)
         .await
         .with_context(|| format!("connecting to {}", cli.addr))?;
@@ -350,6 +388,14 @@ async fn main() -> Result<()> {
                         .into_inner();
                     print_decision(&d);
                 }
+                StaffCmd::ExportAudit { file } => {
+                    let (entries, checkpoints) = lobby_kiosk_client::audit::export(&mut c, file).await?;
+                    eprintln!(
+                        "wrote {} entries and {checkpoints} signed checkpoints to {}",
+                        entries,
+                        file.display()
+                    );
+                }
                 StaffCmd::VerifyAudit => {
                     let v = c.verify_audit_trail(pv::VerifyAuditTrailRequest {}).await?.into_inner();
                     println!("intact {}  entries {}  {}", v.intact, v.entries, v.detail);
@@ -359,6 +405,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        Cmd::Audit { .. } => unreachable!("answered before connecting"),
         Cmd::Reservations { cmd } => {
             let mut c = reservations(ch, &token(&cli, "enroller")?)?;
             match cmd {

@@ -4,6 +4,8 @@
 /// without a gRPC transport, as the fuzzing entry points do).
 pub use prost;
 
+pub mod audit;
+
 pub mod v1 {
     tonic::include_proto!("lobby.v1");
 

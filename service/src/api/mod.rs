@@ -227,6 +227,50 @@ pub struct FrontDesk(pub Arc<App>);
 #[tonic::async_trait]
 impl pv::front_desk_service_server::FrontDeskService for FrontDesk {
     type StreamReviewsStream = RespStream<pv::DecisionRecord>;
+    type ExportAuditTrailStream = RespStream<pv::AuditExportChunk>;
+
+    async fn export_audit_trail(
+        &self,
+        _req: Request<pv::ExportAuditTrailRequest>,
+    ) -> Result<Response<Self::ExportAuditTrailStream>, Status> {
+        const PAGE: usize = 1000;
+        let (public_key, checkpoints, total) = self.0.audit_export_head().await?;
+        let app = self.0.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let head = pv::AuditExportChunk {
+                public_key,
+                checkpoints: checkpoints.iter().map(Into::into).collect(),
+                entries: Vec::new(),
+                total_entries: total as u64,
+            };
+            if tx.send(Ok(head)).await.is_err() {
+                return;
+            }
+            // Up to the last checkpoint: the entries it anchors (later ones are in the next export).
+            let mut after = 0;
+            while after < total {
+                let page = match app.audit_page(after, PAGE).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let page: Vec<_> = page.into_iter().filter(|e| e.seq <= total).collect();
+                let Some(last) = page.last().map(|e| e.seq) else { return };
+                after = last;
+                let chunk = pv::AuditExportChunk {
+                    entries: page.iter().map(Into::into).collect(),
+                    ..Default::default()
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn stream_reviews(
         &self,

@@ -174,6 +174,27 @@ impl App {
             .await?)
     }
 
+    /// What an export begins with: the public key, every signed checkpoint (store and file, merged)
+    /// and the trail's length now. A checkpoint is written first, so the export is anchored up to
+    /// its end.
+    pub async fn audit_export_head(&self) -> Result<(String, Vec<Checkpoint>, i64)> {
+        self.checkpoint_audit(true).await?;
+        let anchor = Arc::clone(&self.anchor);
+        let file = tokio::task::spawn_blocking(move || anchor.read_file())
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?
+            .map_err(AppError::Internal)?;
+        let all = audit::merge_checkpoints(self.store.checkpoints().await?, file)
+            .map_err(|(seq, why)| AppError::Internal(format!("checkpoint {seq}: {why}")))?;
+        let entries = all.last().map(|c| c.seq).unwrap_or(0);
+        Ok((self.audit_public_key(), all, entries))
+    }
+
+    /// A page of the audit trail for an export.
+    pub async fn audit_page(&self, after: i64, limit: usize) -> Result<Vec<audit::AuditEntry>> {
+        Ok(self.store.audit_page(after, limit).await?)
+    }
+
     /// How often the server looks whether a checkpoint is due.
     pub fn audit_checkpoint_tick(&self) -> Duration {
         self.anchor.tick()

@@ -8,7 +8,9 @@
 //! are the [`crate::domain`] enums; a row that does not parse is a [`StoreError::Corrupt`] naming
 //! the table and the key, never a silent default.
 
-pub mod audit;
+/// The audit trail's format and verification live with the API contract (`lobby_proto::audit`), so
+/// that an exported trail is checked offline by the same code.
+pub use lobby_proto::audit;
 pub mod cipher;
 mod rows;
 mod sqlite;
@@ -335,6 +337,8 @@ pub trait Store: Send + Sync {
     async fn add_checkpoint(&self, cp: &audit::Checkpoint) -> Result<()>;
     /// The stored checkpoints, oldest first.
     async fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>>;
+    /// At most `limit` audit entries after entry `after`, in order.
+    async fn audit_page(&self, after: i64, limit: usize) -> Result<Vec<audit::AuditEntry>>;
     /// Feeds the whole trail, in order, to `v` (which may hold checkpoints to check it against).
     async fn verify_audit(&self, v: audit::Verifier) -> Result<Verification>;
     /// Stores an issued credential with its audit entry (holder, role, property, expiry; no hash).

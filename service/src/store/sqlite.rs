@@ -913,33 +913,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn audit_page(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>> {
+        let limit = limit as i64;
+        self.run(move |c| {
+            let mut st = c.prepare(
+                "SELECT seq, at_ms, kind, actor, subject, details, prev_hash, hash FROM audit
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after, limit], |r| {
+                Ok(AuditEntry {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    actor: r.get(3)?,
+                    subject: r.get(4)?,
+                    details: r.get(5)?,
+                    prev_hash: r.get(6)?,
+                    hash: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn verify_audit(&self, mut v: audit::Verifier) -> Result<Verification> {
         // A page at a time: the connection is free for check-ins between pages.
-        const PAGE: i64 = 2000;
+        const PAGE: usize = 2000;
         loop {
-            let after = v.last_seq();
-            let page = self
-                .run(move |c| {
-                    let mut st = c.prepare(
-                        "SELECT seq, at_ms, kind, actor, subject, details, prev_hash, hash FROM audit
-                         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                    )?;
-                    let rows = st.query_map(params![after, PAGE], |r| {
-                        Ok(AuditEntry {
-                            seq: r.get(0)?,
-                            at_ms: r.get(1)?,
-                            kind: r.get(2)?,
-                            actor: r.get(3)?,
-                            subject: r.get(4)?,
-                            details: r.get(5)?,
-                            prev_hash: r.get(6)?,
-                            hash: r.get(7)?,
-                        })
-                    })?;
-                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-                })
-                .await?;
-            let full = page.len() as i64 == PAGE;
+            let page = self.audit_page(v.last_seq(), PAGE).await?;
+            let full = page.len() == PAGE;
             for e in &page {
                 if !v.feed(e) {
                     return Ok(v.finish());

@@ -385,3 +385,74 @@ async fn a_busy_wal_is_retried_and_reported() {
     }
     s.stop().await;
 }
+
+/// `lobby staff export-audit` writes a bundle that `lobby audit verify` checks with no server and
+/// no database: intact as exported; an altered entry, a removed entry or a cut tail is named; a
+/// bundle checked against another server's key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exported_audit_bundle_verifies_offline() {
+    let Some(data) = data_dir() else { return };
+    let dir = scratch_dir("export-audit");
+    let Some(s) = start(&dir, &issuer(), None).await else {
+        return;
+    };
+    let g = three(&data);
+    for (id, photos) in &g[..2] {
+        enrol(&s, id, &photos[0]).await;
+        set_health(&s, id, pv::HealthColour::Green, true).await;
+        check_in(&s, &photos[1], "", "").await;
+    }
+    let bundle = dir.join("audit-bundle.jsonl");
+    let (entries, checkpoints) = lobby_kiosk_client::audit::export(&mut s.staff().await, &bundle)
+        .await
+        .unwrap();
+    assert!(
+        entries >= 8 && checkpoints >= 1,
+        "{entries} entries, {checkpoints} checkpoints"
+    );
+    let key = s.app().audit_public_key();
+    s.stop().await;
+    // Offline from here: the server is stopped.
+    let v = lobby_kiosk_client::audit::verify_file(&bundle, &key).unwrap();
+    assert_eq!((v.first_broken.as_ref(), v.entries), (None, entries), "{v:?}");
+    assert!(v.checkpoints >= 1);
+    // The key from the .pub file the server wrote works the same.
+    let pub_file = dir.join("audit-signing.key.pub");
+    assert!(
+        lobby_kiosk_client::audit::verify_file(&bundle, pub_file.to_str().unwrap())
+            .unwrap()
+            .first_broken
+            .is_none()
+    );
+
+    let lines: Vec<String> = std::fs::read_to_string(&bundle)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let first_entry = lines.iter().position(|l| l.starts_with("{\"entry\"")).unwrap();
+    let check = |name: &str, lines: &[String]| {
+        let f = dir.join(format!("{name}.jsonl"));
+        std::fs::write(&f, lines.join("\n")).unwrap();
+        lobby_kiosk_client::audit::verify_file(&f, &key)
+    };
+    // An altered entry (its details), the third.
+    let mut altered = lines.clone();
+    altered[first_entry + 2] = altered[first_entry + 2].replacen("\\\"", "\\\"x", 1);
+    let v = check("altered", &altered).unwrap();
+    assert_eq!(v.first_broken.as_ref().map(|b| b.0), Some(3), "{v:?}");
+    // A removed entry, the fourth.
+    let mut removed = lines.clone();
+    removed.remove(first_entry + 3);
+    let v = check("removed", &removed).unwrap();
+    assert_eq!(v.first_broken.as_ref().map(|b| b.0), Some(4), "{v:?}");
+    // The tail cut off: the last checkpoint names a later head.
+    let cut = &lines[..lines.len() - 3];
+    let v = check("cut", cut).unwrap();
+    assert!(v.first_broken.is_some(), "{v:?}");
+    // Another server's key.
+    let other = public_key_b64(&ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]));
+    let f = dir.join("other.jsonl");
+    std::fs::write(&f, lines.join("\n")).unwrap();
+    assert!(lobby_kiosk_client::audit::verify_file(&f, &other).is_err());
+}

@@ -3,7 +3,13 @@
 //! hash = sha256(canonical(seq, at_ms, kind, actor, subject, details, prev_hash)), where canonical
 //! writes each field as an 8-byte big-endian length followed by its bytes, and `details` is JSON
 //! with keys in sorted order. The first entry's prev_hash is 64 zeros. No biometric data, photos or
-//! tokens ever go into an entry: only ids, outcomes, reasons and scores.
+//! tokens ever go into an entry, and no guest's name, reservation code or id: a guest is named by a
+//! pseudonymous reference (a keyed hash whose key the store deletes at erasure), a decision's
+//! personal fields by keyed hashes under the decision's own key.
+//!
+//! An exported trail is a **bundle** (`lobby staff export-audit`): JSON lines, a header naming the
+//! format and the server's public key, then every checkpoint, then every entry in order.
+//! [`verify_bundle`] checks it with no server and no database (`lobby audit verify`).
 //!
 //! Anchors: a hash chain alone does not stop whoever can write the database from recomputing every
 //! hash from the first entry, or cutting the last entries off. So the server signs **checkpoints**
@@ -329,6 +335,193 @@ impl Verifier {
             checkpoints: self.matched,
         }
     }
+}
+
+/// The bundle's first line.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BundleHeader {
+    pub format: String,
+    /// The server's audit public key, base64 (as printed at start and in `audit-signing.key.pub`).
+    pub public_key: String,
+    pub exported_at_ms: i64,
+    pub checkpoints: u64,
+    pub entries: u64,
+}
+
+pub const BUNDLE_FORMAT: &str = "lobby-audit-bundle-v1";
+
+/// One line of a bundle after the header.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BundleLine {
+    Checkpoint(Checkpoint),
+    Entry(BundleEntry),
+}
+
+/// An entry as a bundle line carries it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BundleEntry {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<&AuditEntry> for BundleEntry {
+    fn from(e: &AuditEntry) -> Self {
+        BundleEntry {
+            seq: e.seq,
+            at_ms: e.at_ms,
+            kind: e.kind.clone(),
+            actor: e.actor.clone(),
+            subject: e.subject.clone(),
+            details: e.details.clone(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+impl From<BundleEntry> for AuditEntry {
+    fn from(e: BundleEntry) -> Self {
+        AuditEntry {
+            seq: e.seq,
+            at_ms: e.at_ms,
+            kind: e.kind,
+            actor: e.actor,
+            subject: e.subject,
+            details: e.details,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+impl From<&AuditEntry> for crate::v1::AuditEntry {
+    fn from(e: &AuditEntry) -> Self {
+        crate::v1::AuditEntry {
+            seq: e.seq,
+            at_ms: e.at_ms,
+            kind: e.kind.clone(),
+            actor: e.actor.clone(),
+            subject: e.subject.clone(),
+            details: e.details.clone(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+impl From<crate::v1::AuditEntry> for BundleEntry {
+    fn from(e: crate::v1::AuditEntry) -> Self {
+        BundleEntry {
+            seq: e.seq,
+            at_ms: e.at_ms,
+            kind: e.kind,
+            actor: e.actor,
+            subject: e.subject,
+            details: e.details,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+impl From<&Checkpoint> for crate::v1::AuditCheckpoint {
+    fn from(c: &Checkpoint) -> Self {
+        crate::v1::AuditCheckpoint {
+            seq: c.seq,
+            head_hash: c.head_hash.clone(),
+            at_ms: c.at_ms,
+            signature: c.signature.clone(),
+        }
+    }
+}
+
+impl From<&crate::v1::AuditCheckpoint> for Checkpoint {
+    fn from(c: &crate::v1::AuditCheckpoint) -> Self {
+        Checkpoint {
+            seq: c.seq,
+            head_hash: c.head_hash.clone(),
+            at_ms: c.at_ms,
+            signature: c.signature.clone(),
+        }
+    }
+}
+
+/// A base64 Ed25519 public key (32 bytes), as the server prints it.
+pub fn parse_public_key(b64: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| "the public key is not base64".to_string())?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "the public key is not 32 bytes".to_string())?;
+    ed25519_dalek::VerifyingKey::from_bytes(&arr).map_err(|_| "not an Ed25519 public key".to_string())
+}
+
+/// Checks an exported bundle offline against the public key the operator trusts (not the one the
+/// bundle says): every checkpoint signed by it, every entry's hash, the chain through every
+/// checkpoint's head, the counts the header gives. A bundle that does not parse is an error; a
+/// parsed bundle that does not hold is a [`Verification`] naming the first broken entry.
+pub fn verify_bundle(
+    text: impl std::io::BufRead,
+    trusted: &ed25519_dalek::VerifyingKey,
+) -> Result<Verification, String> {
+    let mut lines = text.lines().enumerate();
+    let header: BundleHeader = match lines.next() {
+        Some((_, Ok(l))) => serde_json::from_str(&l).map_err(|e| format!("line 1 is not a bundle header: {e}"))?,
+        Some((_, Err(e))) => return Err(format!("reading the bundle: {e}")),
+        None => return Err("the bundle is empty".into()),
+    };
+    if header.format != BUNDLE_FORMAT {
+        return Err(format!("format {:?}, expected {BUNDLE_FORMAT:?}", header.format));
+    }
+    if parse_public_key(&header.public_key)? != *trusted {
+        return Err("the bundle names another public key than the one given: it was not exported by that server, or was altered".into());
+    }
+    let mut checkpoints = Vec::new();
+    let mut n_checkpoints = 0u64;
+    let mut v: Option<Verifier> = None;
+    let mut broken = false;
+    for (i, line) in lines {
+        let line = line.map_err(|e| format!("reading the bundle: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: BundleLine =
+            serde_json::from_str(&line).map_err(|e| format!("line {} is not a bundle line: {e}", i + 1))?;
+        match parsed {
+            BundleLine::Checkpoint(c) if v.is_none() => {
+                n_checkpoints += 1;
+                checkpoints.push(c)
+            }
+            BundleLine::Checkpoint(_) => return Err(format!("line {}: a checkpoint after the entries", i + 1)),
+            BundleLine::Entry(e) => {
+                let v = v.get_or_insert_with(|| Verifier::anchored(std::mem::take(&mut checkpoints), trusted));
+                if !broken && !v.feed(&e.into()) {
+                    broken = true;
+                }
+            }
+        }
+    }
+    let v = v.unwrap_or_else(|| Verifier::anchored(checkpoints, trusted));
+    let mut out = v.finish();
+    if out.first_broken.is_none() && (out.entries, n_checkpoints) != (header.entries, header.checkpoints) {
+        out.first_broken = Some((
+            out.entries as i64 + 1,
+            format!(
+                "the header promises {} entries and {} checkpoints; the bundle holds {} and {}",
+                header.entries, header.checkpoints, out.entries, n_checkpoints
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
