@@ -3,7 +3,7 @@
 use crate::proto as pv;
 use crate::Authed;
 use anyhow::{Context, Result};
-use lobby_proto::audit::{self, BundleEntry, BundleHeader, BundleLine, Checkpoint, Verification};
+use lobby_proto::audit::{self, AuditEntry, BundleHeader, BundleLine, Checkpoint, Verification};
 use pv::front_desk_service_client::FrontDeskServiceClient;
 use std::io::Write;
 use std::path::Path;
@@ -31,7 +31,7 @@ pub async fn export(c: &mut FrontDeskServiceClient<Authed>, path: &Path) -> Resu
     let mut n = 0u64;
     while let Some(chunk) = stream.message().await? {
         for e in chunk.entries {
-            let line = BundleLine::Entry(BundleEntry::from(e));
+            let line = BundleLine::Entry(AuditEntry::from(e));
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
             n += 1;
         }

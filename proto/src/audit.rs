@@ -32,7 +32,7 @@ pub struct AuditEvent {
     pub details: Value,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
     pub seq: i64,
     pub at_ms: i64,
@@ -355,50 +355,7 @@ pub const BUNDLE_FORMAT: &str = "lobby-audit-bundle-v1";
 #[serde(rename_all = "snake_case")]
 pub enum BundleLine {
     Checkpoint(Checkpoint),
-    Entry(BundleEntry),
-}
-
-/// An entry as a bundle line carries it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BundleEntry {
-    pub seq: i64,
-    pub at_ms: i64,
-    pub kind: String,
-    pub actor: String,
-    pub subject: String,
-    pub details: String,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-impl From<&AuditEntry> for BundleEntry {
-    fn from(e: &AuditEntry) -> Self {
-        BundleEntry {
-            seq: e.seq,
-            at_ms: e.at_ms,
-            kind: e.kind.clone(),
-            actor: e.actor.clone(),
-            subject: e.subject.clone(),
-            details: e.details.clone(),
-            prev_hash: e.prev_hash.clone(),
-            hash: e.hash.clone(),
-        }
-    }
-}
-
-impl From<BundleEntry> for AuditEntry {
-    fn from(e: BundleEntry) -> Self {
-        AuditEntry {
-            seq: e.seq,
-            at_ms: e.at_ms,
-            kind: e.kind,
-            actor: e.actor,
-            subject: e.subject,
-            details: e.details,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-        }
-    }
+    Entry(AuditEntry),
 }
 
 impl From<&AuditEntry> for crate::v1::AuditEntry {
@@ -416,9 +373,9 @@ impl From<&AuditEntry> for crate::v1::AuditEntry {
     }
 }
 
-impl From<crate::v1::AuditEntry> for BundleEntry {
+impl From<crate::v1::AuditEntry> for AuditEntry {
     fn from(e: crate::v1::AuditEntry) -> Self {
-        BundleEntry {
+        AuditEntry {
             seq: e.seq,
             at_ms: e.at_ms,
             kind: e.kind,
@@ -504,7 +461,7 @@ pub fn verify_bundle(
             BundleLine::Checkpoint(_) => return Err(format!("line {}: a checkpoint after the entries", i + 1)),
             BundleLine::Entry(e) => {
                 let v = v.get_or_insert_with(|| Verifier::anchored(std::mem::take(&mut checkpoints), trusted));
-                if !broken && !v.feed(&e.into()) {
+                if !broken && !v.feed(&e) {
                     broken = true;
                 }
             }
