@@ -34,14 +34,50 @@ pub struct Settings {
     pub retention: RetentionSettings,
 }
 
-/// The store's secrets at rest.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// Where the records are kept, and the store's secrets at rest.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// The template keys (`<id>:<64 hex>` lines, the last current; made 0600 with one key on first
     /// start); empty: `<data_dir>/template.key`. The environment variable `LOBBY_TEMPLATE_KEYS`,
-    /// when set, holds them instead.
+    /// when set, holds them instead. Every node of one PostgreSQL database needs the same keys.
     pub template_key_file: String,
+    /// The PostgreSQL store, for several nodes on one database: a libpq URL
+    /// (`postgres://user:password@host:port/db`, or `host=/run/postgresql dbname=lobby`); empty:
+    /// SQLite in the data directory (`lobby.sqlite3`). `LOBBY__STORE__URL` sets it from the
+    /// environment (where a password belongs).
+    #[serde(default)]
+    pub url: String,
+    /// Connections in the PostgreSQL pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// The CA (PEM) that signs the PostgreSQL server's certificate; empty: the system's roots.
+    /// TLS is used whenever the server offers it, with its certificate verified (chain and name);
+    /// `sslmode=require` in `url` refuses a connection without it.
+    #[serde(default)]
+    pub ca_file: String,
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            template_key_file: String::new(),
+            url: String::new(),
+            pool_size: default_pool_size(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+impl StoreSettings {
+    /// Whether the store is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
 }
 
 /// What is kept for how long (`core::retention`).

@@ -110,8 +110,6 @@ impl Gallery {
         if items.is_empty() {
             return Ok(());
         }
-        let mut data = Vec::with_capacity(items.len() * self.dim as usize);
-        let mut ids = Vec::with_capacity(items.len());
         for (id, _, kind, v) in items {
             if !kind.indexed() {
                 return Err(err(format!(
@@ -126,15 +124,25 @@ impl Gallery {
                     self.dim
                 )));
             }
-            data.extend_from_slice(v);
-            ids.push(Idx::new(*id as u64));
         }
         self.with_property(property, |p| {
+            // Templates already indexed are skipped: adding is idempotent (a node applies the
+            // change log's additions it made itself, too).
+            let new: Vec<&Item> = items.iter().filter(|(id, ..)| !p.owner.contains_key(id)).collect();
+            if new.is_empty() {
+                return Ok(());
+            }
+            let mut data = Vec::with_capacity(new.len() * self.dim as usize);
+            let mut ids = Vec::with_capacity(new.len());
+            for (id, _, _, v) in &new {
+                data.extend_from_slice(v);
+                ids.push(Idx::new(*id as u64));
+            }
             if !p.index.is_trained() {
                 p.index.train(&data).map_err(err)?;
             }
             p.index.add_with_ids(&data, &ids).map_err(err)?;
-            for (id, guest, kind, _) in items {
+            for (id, guest, kind, _) in new {
                 p.owner.insert(*id, (guest.clone(), *kind));
                 if *kind == TemplateKind::Masked {
                     *p.masked.entry(guest.clone()).or_default() += 1;

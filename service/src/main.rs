@@ -5,7 +5,7 @@ use lobby_service::auth::{bootstrap_credentials, parse_token_file, Credentials};
 use lobby_service::config::{Role, Settings};
 use lobby_service::core::{credentials, App};
 use lobby_service::server::{check_transport, run};
-use lobby_service::store::{SqliteStore, Store, TemplateKeys};
+use lobby_service::store::Store;
 use lobby_service::vision::Vision;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,7 +106,7 @@ async fn start(mut args: Args) -> anyhow::Result<()> {
     }
     match args.command.take() {
         Some(Command::Credentials(c)) => manage_credentials(&settings, c).await,
-        Some(Command::RotateTemplateKey { by }) => rotate_template_key(&settings, &by),
+        Some(Command::RotateTemplateKey { by }) => rotate_template_key(&settings, &by).await,
         None => serve(args, settings).await,
     }
 }
@@ -133,16 +133,14 @@ fn lock_data_dir(settings: &Settings) -> anyhow::Result<std::fs::File> {
     }
 }
 
-fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
-    let keys = TemplateKeys::load(&settings.template_key_path())?;
-    Ok(SqliteStore::open(&settings.store_path(), Arc::new(keys))?)
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    lobby_service::store::open(settings).await
 }
 
-fn rotate_template_key(settings: &Settings, by: &str) -> anyhow::Result<()> {
+async fn rotate_template_key(settings: &Settings, by: &str) -> anyhow::Result<()> {
     let _lock = lock_data_dir(settings).context("stop the server before rotating the template key")?;
     let file = settings.template_key_path();
-    let (new, old, n) =
-        lobby_service::store::rotate_template_key(&file, &settings.store_path(), by, lobby_service::core::now_ms())?;
+    let (new, old, n) = lobby_service::store::rotate_template_key(settings, by, lobby_service::core::now_ms()).await?;
     eprintln!(
         "template key {new} now seals every template ({n} re-sealed); keys {old:?} removed from {}",
         file.display()
@@ -151,7 +149,7 @@ fn rotate_template_key(settings: &Settings, by: &str) -> anyhow::Result<()> {
 }
 
 async fn manage_credentials(settings: &Settings, cmd: CredentialsCmd) -> anyhow::Result<()> {
-    let store = open_store(settings)?;
+    let store = open_store(settings).await?;
     let fmt_ms = |ms: Option<i64>| {
         ms.and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.format("%Y-%m-%dT%H:%MZ").to_string())
@@ -166,7 +164,8 @@ async fn manage_credentials(settings: &Settings, cmd: CredentialsCmd) -> anyhow:
             by,
         } => {
             let expires = expires_in_hours.map(|h| credentials_now() + i64::from(h) * 3_600_000);
-            let (token, row) = credentials::add(&store, role, &holder, property.as_deref(), expires, &by).await?;
+            let (token, row) =
+                credentials::add(store.as_ref(), role, &holder, property.as_deref(), expires, &by).await?;
             eprintln!(
                 "issued {} for {} ({}, property {}, expires {}); the token is shown only now:",
                 row.token_id,
@@ -193,7 +192,7 @@ async fn manage_credentials(settings: &Settings, cmd: CredentialsCmd) -> anyhow:
             }
         }
         CredentialsCmd::Revoke { token_id, by } => {
-            let r = credentials::revoke(&store, &token_id, &by).await?;
+            let r = credentials::revoke(store.as_ref(), &token_id, &by).await?;
             eprintln!(
                 "revoked {} ({} {}); a running server refuses it within auth.reload_ms",
                 r.token_id,

@@ -4,7 +4,7 @@
 use crate::api::{FrontDesk, Kiosk, Reservations};
 use crate::auth::{AuthLayer, AuthPolicy, Credentials};
 use crate::config::{Reflection, TlsSettings};
-use crate::core::App;
+use crate::core::{AbortOnDrop, App};
 use lobby_proto::v1 as pv;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,6 +85,39 @@ async fn keep_retention(app: Arc<App>) {
     }
 }
 
+/// Health follows a shared store: NOT_SERVING while PostgreSQL does not answer (load balancers send
+/// the traffic to nodes that can serve it), SERVING again when it does. Checked twice a second.
+async fn watch_store(app: Arc<App>, health: tonic_health::server::HealthReporter) {
+    let mut serving = true;
+    let stop = app.shutdown_signal();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ok = tokio::time::timeout(Duration::from_secs(2), app.store_answers())
+            .await
+            .unwrap_or(false);
+        if ok == serving || *stop.borrow() {
+            continue;
+        }
+        serving = ok;
+        if ok {
+            tracing::info!("the database answers again; SERVING");
+        } else {
+            tracing::error!("the database does not answer; NOT_SERVING until it does");
+        }
+        let status = if ok {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for name in SERVICES {
+            if *stop.borrow() {
+                break;
+            }
+            health.set_service_status(name, status).await;
+        }
+    }
+}
+
 /// The health check's names: the server as a whole (""), then each service.
 const SERVICES: [&str; 4] = [
     "",
@@ -123,6 +156,11 @@ pub async fn run(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    // Several nodes on PostgreSQL: follow the others' changes, and say when the database is gone.
+    let _follow = AbortOnDrop(tokio::spawn(app.clone().follow_changes()));
+    let _watch = app
+        .shared_store()
+        .then(|| AbortOnDrop(tokio::spawn(watch_store(app.clone(), health_reporter.clone()))));
     let reflection = match policy.reflection {
         Reflection::Off => None,
         _ => Some(
@@ -191,14 +229,6 @@ pub async fn run(
         tracing::error!(error = %e, "last audit checkpoint not written");
     }
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A server on an ephemeral loopback port, for tests and benchmarks: [`run`] on `127.0.0.1:0` in a

@@ -22,6 +22,17 @@ fn in_ci() -> bool {
     std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
 }
 
+/// For a test that inspects the SQLite file itself (its bytes, its WAL, rows altered behind the
+/// server's back): true, with a notice, when this process runs on PostgreSQL, where the test does
+/// not apply as written.
+pub fn sqlite_only(test: &str) -> bool {
+    if pg::enabled() {
+        eprintln!("{test}: inspects the SQLite file itself; not run against PostgreSQL");
+        return true;
+    }
+    false
+}
+
 /// Fails under CI, otherwise prints a loud skip notice. Returns `None` so callers can `return`.
 pub fn missing<T>(what: &str) -> Option<T> {
     if in_ci() {
@@ -147,6 +158,9 @@ pub mod server {
         // per-kiosk frame limit has its own test.
         s.limits.kiosk_frames_per_minute = 1_000_000;
         s.limits.kiosk_frame_burst = 100_000;
+        if crate::pg::enabled() {
+            s.store.url = crate::pg::cluster()?.database(&crate::pg::db_name(data_dir));
+        }
         tweak(&mut s);
         let tokens = tokens.unwrap_or_else(|| Tokens {
             kiosk: new_token(),
@@ -182,6 +196,26 @@ pub mod server {
     pub fn open_store(data_dir: &Path) -> lobby_service::store::SqliteStore {
         let keys = lobby_service::store::TemplateKeys::load(&data_dir.join("template.key")).expect("template keys");
         lobby_service::store::SqliteStore::open(&data_dir.join("lobby.sqlite3"), Arc::new(keys)).expect("store")
+    }
+
+    /// A second connection to a server's store, whichever it is (SQLite file or PostgreSQL
+    /// database), with its template keys: to read what the server wrote.
+    pub async fn side_store(data_dir: &Path) -> Arc<dyn lobby_service::store::Store> {
+        let mut s = Settings::load_from(None, std::iter::empty()).expect("defaults");
+        s.data_dir = data_dir.to_path_buf();
+        if crate::pg::enabled() {
+            s.store.url = crate::pg::cluster()
+                .expect("cluster")
+                .url(&crate::pg::db_name(data_dir));
+        }
+        lobby_service::store::open(&s).await.expect("store")
+    }
+
+    /// The audit entries of `kind` (all: `None`), in order, read from the server's store.
+    pub async fn audit_entries(data_dir: &Path, kind: Option<&str>) -> Vec<lobby_proto::audit::AuditEntry> {
+        let store = side_store(data_dir).await;
+        let all = store.audit_page(0, 1_000_000).await.expect("audit");
+        all.into_iter().filter(|e| kind.is_none_or(|k| e.kind == k)).collect()
     }
 
     impl TestServer {
@@ -382,5 +416,263 @@ pub mod guests {
             }
         }
         m
+    }
+}
+
+/// A throwaway PostgreSQL cluster for the tests of this process: `initdb` in a fresh directory
+/// under the system's temporary directory, `postgres` listening on a Unix socket there only (no
+/// TCP port), trusted local connections. A watcher shell stops the server and removes the
+/// directory when this process ends, however it ends. Run as root (CI), the cluster belongs to the
+/// `postgres` system user (`initdb` refuses root). The binaries: `LOBBY_PG_BIN`, or the newest
+/// `/usr/lib/postgresql/<version>/bin` (Debian's `postgresql` package, which `.ci/deps` installs).
+pub mod pg {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    pub struct Cluster {
+        pub bin: PathBuf,
+        /// The cluster's directory: `data/`, the socket, `log`.
+        pub dir: PathBuf,
+        pub port: u16,
+        as_postgres: bool,
+        /// The shell that runs the server and removes the cluster after this process: never
+        /// waited for, it outlives the tests on purpose.
+        _watcher: Option<std::process::Child>,
+    }
+
+    /// Whether this test process runs its servers on PostgreSQL: the `e2e_postgres` test binary
+    /// (the end-to-end suite built a second time), or `LOBBY_TEST_STORE=postgres`.
+    pub fn enabled() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            let exe = std::env::current_exe().ok();
+            let name = exe
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            name.starts_with("e2e_postgres") || std::env::var("LOBBY_TEST_STORE").is_ok_and(|v| v == "postgres")
+        })
+    }
+
+    fn bin_dir() -> Option<PathBuf> {
+        if let Some(b) = std::env::var_os("LOBBY_PG_BIN") {
+            return Some(PathBuf::from(b));
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((v, bin))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, b)| b)
+    }
+
+    impl Cluster {
+        fn command(&self, program: &str) -> Command {
+            let exe = self.bin.join(program);
+            if self.as_postgres {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg("postgres").arg("--").arg(exe);
+                c
+            } else {
+                Command::new(exe)
+            }
+        }
+
+        /// A libpq connection string for database `db` of this cluster.
+        pub fn url(&self, db: &str) -> String {
+            format!("{} dbname={db}", self.base_url())
+        }
+
+        /// The connection string without a database.
+        pub fn base_url(&self) -> String {
+            let user = if self.as_postgres {
+                "postgres".to_string()
+            } else {
+                whoami()
+            };
+            format!("host={} port={} user={user}", self.dir.display(), self.port)
+        }
+
+        /// Creates database `db` unless it exists; its connection string.
+        pub fn database(&self, db: &str) -> String {
+            let out = self
+                .command("createdb")
+                .args(["-h", &self.dir.to_string_lossy(), "-p", &self.port.to_string()])
+                .args(if self.as_postgres {
+                    vec!["-U", "postgres"]
+                } else {
+                    vec![]
+                })
+                .arg(db)
+                .output()
+                .expect("createdb runs");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() || err.contains("already exists"),
+                "createdb {db}: {err}"
+            );
+            self.url(db)
+        }
+
+        /// Stops the server (fast shutdown), as an outage would.
+        pub fn stop(&self) {
+            let st = self
+                .command("pg_ctl")
+                .args(["stop", "-m", "fast", "-w", "-D"])
+                .arg(self.dir.join("data"))
+                .output()
+                .expect("pg_ctl runs");
+            assert!(
+                st.status.success(),
+                "pg_ctl stop: {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+        }
+
+        /// Starts it again after [`Cluster::stop`].
+        pub fn start(&self) {
+            let st = self
+                .command("pg_ctl")
+                .args(["start", "-w", "-D"])
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("log2"))
+                .arg("-o")
+                .arg(format!(
+                    "-k {} -p {} -c listen_addresses=",
+                    self.dir.display(),
+                    self.port
+                ))
+                .output()
+                .expect("pg_ctl runs");
+            assert!(
+                st.status.success(),
+                "pg_ctl start: {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+        }
+    }
+
+    fn whoami() -> String {
+        std::env::var("USER").unwrap_or_else(|_| "postgres".into())
+    }
+
+    /// A database name for a test's data directory (the same directory, the same database).
+    pub fn db_name(data_dir: &Path) -> String {
+        let n: String = data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("t_{}", &n[..n.len().min(55)])
+    }
+
+    /// This process's cluster, started on first use; `None` (after a loud notice; a failure under
+    /// CI) when PostgreSQL is not installed.
+    pub fn cluster() -> Option<&'static Cluster> {
+        static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+        CLUSTER.get_or_init(|| start_cluster("shared")).as_ref()
+    }
+
+    impl Cluster {
+        /// A cluster of the caller's own (to stop and start it), removed when this process ends.
+        pub fn start_new() -> Option<Cluster> {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            start_cluster(&format!("own{}", N.fetch_add(1, Ordering::Relaxed)))
+        }
+    }
+
+    fn start_cluster(name: &str) -> Option<Cluster> {
+        let Some(bin) = bin_dir() else {
+            return super::missing("PostgreSQL not installed (no /usr/lib/postgresql/*/bin/initdb; set LOBBY_PG_BIN)");
+        };
+        let as_postgres = is_root();
+        let dir = std::env::temp_dir().join(format!("lobby-pg-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let port = 5432;
+        let mut c = Cluster {
+            bin,
+            dir,
+            port,
+            as_postgres,
+            _watcher: None,
+        };
+        if as_postgres {
+            let st = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&c.dir)
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown the cluster directory to postgres");
+        }
+        let out = c
+            .command("initdb")
+            .args(["-A", "trust", "-E", "UTF8", "--no-locale", "-D"])
+            .arg(c.dir.join("data"))
+            .output()
+            .expect("initdb runs");
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        // The server, and a watcher that stops it and removes the cluster once this process is gone.
+        let script = format!(
+            r#""{bin}/postgres" -D "{dir}/data" -k "{dir}" -p {port} -c listen_addresses= -c max_connections=300 \
+                 -c shared_buffers=128MB > "{dir}/log" 2>&1 &
+               while [ -d /proc/{parent} ]; do sleep 1; done
+               "{bin}/pg_ctl" stop -m immediate -D "{dir}/data" >/dev/null 2>&1
+               rm -rf "{dir}""#,
+            bin = c.bin.display(),
+            dir = c.dir.display(),
+            parent = std::process::id(),
+        );
+        let mut sh = if as_postgres {
+            let mut s = Command::new("runuser");
+            s.args(["-u", "postgres", "--", "sh", "-c", &script]);
+            s
+        } else {
+            let mut s = Command::new("sh");
+            s.args(["-c", &script]);
+            s
+        };
+        sh.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c._watcher = Some(sh.spawn().expect("start postgres"));
+        for _ in 0..200 {
+            let ok = Command::new(c.bin.join("pg_isready"))
+                .args(["-q", "-h", &c.dir.to_string_lossy(), "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                eprintln!("PostgreSQL for this test process: {}", c.dir.display());
+                return Some(c);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(c.dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    fn is_root() -> bool {
+        // The effective user, from /proc (no libc call needed).
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+            })
+            .unwrap_or(false)
     }
 }

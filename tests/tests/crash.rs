@@ -12,13 +12,28 @@ use std::path::PathBuf;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_crash_trials_lose_no_acknowledged_write() {
+    five_trials(None).await;
+}
+
+/// The same on PostgreSQL (a throwaway cluster, a fresh database per trial): the server process is
+/// killed while the database lives on, and restarts on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_crash_trials_on_postgres_lose_no_acknowledged_write() {
+    let Some(cluster) = lobby_tests::pg::cluster() else {
+        return;
+    };
+    five_trials(Some(cluster.base_url())).await;
+}
+
+async fn five_trials(postgres: Option<String>) {
+    let on = if postgres.is_some() { "pg" } else { "sqlite" };
     let Some(data) = lobby_tests::data_dir() else { return };
     if lobby_tests::model_paths().is_none() {
         return;
     }
     let work = lobby_tests::workspace_root()
         .join("target/lobby-test-data")
-        .join(format!("crash-{}", std::process::id()));
+        .join(format!("crash-{on}-{}", std::process::id()));
     let cfg = Config {
         server: PathBuf::from(env!("CARGO_BIN_EXE_lobby-server-under-test")),
         data,
@@ -31,6 +46,7 @@ async fn five_crash_trials_lose_no_acknowledged_write() {
         guests: 6,
         kill_ms: (500, 3000),
         keep: false,
+        postgres,
     };
     let trials = crash::run(&cfg, |t| eprintln!("{}", t.line()))
         .await

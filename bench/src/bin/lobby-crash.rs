@@ -48,6 +48,10 @@ struct Args {
     /// Keep every trial's directory (those with a violation are always kept).
     #[arg(long)]
     keep: bool,
+    /// Run the server on PostgreSQL: a libpq connection string without `dbname` (e.g.
+    /// `host=/tmp/pg port=5432 user=postgres`) of a server where a database is created per trial.
+    #[arg(long)]
+    postgres: Option<String>,
     #[command(flatten)]
     out: record::Output,
 }
@@ -73,6 +77,7 @@ async fn main() -> Result<()> {
         guests: args.guests,
         kill_ms: (args.kill_min_ms, args.kill_max_ms),
         keep: args.keep,
+        postgres: args.postgres.clone(),
     };
     let t0 = Instant::now();
     let trials = crash::run(&cfg, |t| {

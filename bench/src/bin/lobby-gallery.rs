@@ -66,6 +66,10 @@ struct Args {
     /// HNSW efSearch values swept.
     #[arg(long, default_value = "16,32,64,128", value_delimiter = ',')]
     ef_search: Vec<usize>,
+    /// Measure the start-up on PostgreSQL instead of SQLite: a libpq connection string without
+    /// `dbname` of a server where a scratch database is created (and dropped afterwards).
+    #[arg(long)]
+    postgres: Option<String>,
     #[command(flatten)]
     out: record::Output,
 }
@@ -460,9 +464,13 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
     let db = dir.join("lobby.sqlite3");
     // The service's schema and template key (templates are stored sealed, as the server stores them).
     let keys = Arc::new(lobby_service::store::TemplateKeys::load(&dir.join("template.key"))?);
-    drop(SqliteStore::open(&db, keys.clone())?);
     let t = Instant::now();
-    {
+    let pg_url = match &args.postgres {
+        Some(base) => Some(fill_postgres(args, base, &keys)?),
+        None => None,
+    };
+    if pg_url.is_none() {
+        drop(SqliteStore::open(&db, keys.clone())?);
         let mut c = rusqlite::Connection::open(&db)?;
         c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         let tx = c.transaction()?;
@@ -507,6 +515,9 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
     let t = Instant::now();
     let mut settings = Settings::load_from(None, std::iter::empty())?;
     settings.data_dir = dir.clone();
+    if let Some(url) = &pg_url {
+        settings.store.url = url.clone();
+    }
     let vision = Arc::new(Vision::load(&paths, App::vision_config(&settings))?);
     let models_s = t.elapsed().as_secs_f64();
     let rss_models = rss_mib();
@@ -519,8 +530,15 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
     let per_template = (rss_app - rss_models) * 1048576.0 / n as f64;
     drop(app);
     let _ = std::fs::remove_dir_all(&dir);
+    if let (Some(base), Some(_)) = (&args.postgres, &pg_url) {
+        rt.block_on(drop_database(base))?;
+    }
+    let store_what = match &pg_url {
+        Some(_) => "PostgreSQL".to_string(),
+        None => format!("SQLite file {db_mib:.0} MiB"),
+    };
     let text = format!(
-        "Start-up with {n} templates stored ({} guests x clean + masked, {} properties; SQLite file {db_mib:.0} MiB, filled in {fill_s:.0} s): **{total_s:.2} s** from nothing to a serving-ready App (models loaded and planned {models_s:.2} s; store opened and galleries built {gallery_s:.2} s). Resident memory: {:.0} MiB with the models alone, {:.0} MiB with the galleries, i.e. **{per_template:.0} bytes per stored template** in the running service (the 768-byte vector in Faiss, its id map, the guest and kind of each template). Resident growth includes what the allocator keeps from reading the rows. An idle property (its own index and map: 10,000 properties of one guest each against the same templates in one property): **{:.0} bytes**.",
+        "Start-up with {n} templates stored ({} guests x clean + masked, {} properties; {store_what}, filled in {fill_s:.0} s): **{total_s:.2} s** from nothing to a serving-ready App (models loaded and planned {models_s:.2} s; store opened and galleries built {gallery_s:.2} s). Resident memory: {:.0} MiB with the models alone, {:.0} MiB with the galleries, i.e. **{per_template:.0} bytes per stored template** in the running service (the 768-byte vector in Faiss, its id map, the guest and kind of each template). Resident growth includes what the allocator keeps from reading the rows. An idle property (its own index and map: 10,000 properties of one guest each against the same templates in one property): **{:.0} bytes**.",
         n.div_ceil(2),
         args.properties,
         rss_models - rss0,
@@ -530,7 +548,110 @@ fn measure_startup(args: &Args, per_property: f64) -> Result<(String, serde_json
     eprintln!("{text}");
     Ok((
         text,
-        json!({"templates": n, "properties": args.properties, "total_s": total_s, "models_s": models_s, "galleries_s": gallery_s,
+        json!({"templates": n, "properties": args.properties, "store": if pg_url.is_some() { "postgres" } else { "sqlite" }, "total_s": total_s, "models_s": models_s, "galleries_s": gallery_s,
                "rss_models_mib": rss_models - rss0, "rss_app_mib": rss_app - rss0, "bytes_per_template": per_template, "bytes_per_idle_property": per_property}),
     ))
+}
+
+const PG_DB: &str = "lobby_gallery_startup";
+
+/// Makes a fresh database on the PostgreSQL server `base` names, with the service's schema, and
+/// fills it as the SQLite variant does (guests, reservations, clean + masked templates sealed as
+/// the server seals them), with COPY. Returns its connection string.
+fn fill_postgres(args: &Args, base: &str, keys: &Arc<lobby_service::store::TemplateKeys>) -> Result<String> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let url = format!("{base} dbname={PG_DB}");
+    rt.block_on(async {
+        drop_database(base).await?;
+        let (admin, conn) = tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls).await?;
+        let h = tokio::spawn(conn);
+        admin.batch_execute(&format!("CREATE DATABASE {PG_DB}")).await?;
+        drop(admin);
+        let _ = h.await;
+        drop(lobby_service::store::PgStore::open(&url, 2, "", keys.clone()).await?);
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let n = args.startup;
+        let guests = n.div_ceil(2);
+        let model = lobby_service::core::model_id();
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 22).expect("a date");
+        {
+            let sink = c
+                .copy_in("COPY guests (guest_id, full_name, guest_ref, ref_key, consent_method, consent_text_version, consent_at_ms) FROM STDIN BINARY")
+                .await?;
+            let w = BinaryCopyInWriter::new(
+                sink,
+                &[Type::TEXT, Type::TEXT, Type::TEXT, Type::BYTEA, Type::TEXT, Type::TEXT, Type::INT8],
+            );
+            let mut w = std::pin::pin!(w);
+            for k in 0..guests {
+                let gid = format!("g_{k:08}");
+                let key = lobby_service::store::cipher::new_subject_key();
+                w.as_mut()
+                    .write(&[&gid, &"Bench Guest", &gid, &key, &"bench", &"v1", &0i64])
+                    .await?;
+            }
+            w.finish().await?;
+        }
+        {
+            let sink = c
+                .copy_in("COPY reservations (property_id, code, guest_id, arrival, departure, status) FROM STDIN BINARY")
+                .await?;
+            let w = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::DATE, Type::DATE, Type::TEXT]);
+            let mut w = std::pin::pin!(w);
+            for k in 0..guests {
+                let prop = format!("p{:04}", k % args.properties.max(1));
+                w.as_mut()
+                    .write(&[&prop, &format!("R{k:08}"), &format!("g_{k:08}"), &date, &(date + chrono::Duration::days(2)), &"BOOKED"])
+                    .await?;
+            }
+            w.finish().await?;
+        }
+        {
+            let sink = c
+                .copy_in("COPY templates (guest_id, property_id, model_id, kind, vector, key_id, created_at_ms) FROM STDIN BINARY")
+                .await?;
+            let w = BinaryCopyInWriter::new(
+                sink,
+                &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::BYTEA, Type::TEXT, Type::INT8],
+            );
+            let mut w = std::pin::pin!(w);
+            let mut rng = StdRng::seed_from_u64(7);
+            let mut stored = 0;
+            for k in 0..guests {
+                let gid = format!("g_{k:08}");
+                let prop = format!("p{:04}", k % args.properties.max(1));
+                for kind in ["clean", "masked"] {
+                    if stored == n {
+                        break;
+                    }
+                    let v = random_units(&mut rng, 1, args.dim);
+                    let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    let aad = lobby_service::store::cipher::template_aad(&gid, &prop, kind, &model);
+                    let (key_id, sealed) = keys.seal(&aad, &blob);
+                    w.as_mut()
+                        .write(&[&gid, &prop, &model, &kind, &sealed, &key_id, &0i64])
+                        .await?;
+                    stored += 1;
+                }
+            }
+            w.finish().await?;
+        }
+        c.batch_execute("ANALYZE").await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(url)
+}
+
+async fn drop_database(base: &str) -> Result<()> {
+    let (admin, conn) = tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls).await?;
+    let h = tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
+        .await?;
+    drop(admin);
+    let _ = h.await;
+    Ok(())
 }

@@ -66,6 +66,10 @@ pub struct Config {
     pub kill_ms: (u64, u64),
     /// Keep every trial's directory (by default only those with a violation).
     pub keep: bool,
+    /// Run the server on PostgreSQL: a libpq connection string (without `dbname`) of a server
+    /// where the harness may create databases; each trial gets a fresh one. `None`: SQLite in the
+    /// trial's data directory.
+    pub postgres: Option<String>,
 }
 
 /// One trial's figures.
@@ -209,11 +213,17 @@ async fn one(cfg: &Config, t: usize, pool: &[Guest], totals: &Arc<Mutex<HashMap<
     all.extend(checker.kiosks.iter().cloned());
     let tokens = dir.join("tokens.toml");
     server::write_token_file(&tokens, &all)?;
+    let mut env = server_env(cfg, &tokens)?;
+    if let Some(base) = &cfg.postgres {
+        let db = format!("crash_{}_{t:03}", std::process::id());
+        fresh_database(base, &db).await?;
+        env.push(("LOBBY__STORE__URL".into(), format!("{base} dbname={db}")));
+    }
     let launch = Launch {
         binary: cfg.server.clone(),
         data_dir: dir.join("data"),
         log: dir.join("server.log"),
-        env: server_env(cfg, &tokens)?,
+        env,
     };
 
     let (server, start) = Server::start(&launch).await.context("the server's first start")?;
@@ -321,6 +331,19 @@ async fn one(cfg: &Config, t: usize, pool: &[Guest], totals: &Arc<Mutex<HashMap<
         wall_s: t_start.elapsed().as_secs_f64(),
         kept,
     })
+}
+
+/// Creates database `db` (dropping one of that name first) on the PostgreSQL server `base` names.
+async fn fresh_database(base: &str, db: &str) -> Result<()> {
+    let (c, conn) = tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let driver = tokio::spawn(conn);
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).await?;
+    c.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+    drop(c);
+    let _ = driver.await;
+    Ok(())
 }
 
 /// The trial server's settings: the models, the token file, checkpoints every 20 entries or 1 s,

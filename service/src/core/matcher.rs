@@ -80,7 +80,7 @@ impl Matcher {
         let gallery = Arc::new(Gallery::new(EMBEDDING_DIM as u32, &settings.gallery.index_factory)?);
         let mut by_property: HashMap<String, Vec<gallery::Item>> = HashMap::new();
         let mut other_model = 0;
-        for t in store.all_templates().await? {
+        for t in store.indexed_templates().await? {
             // Only the first stage's templates are indexed; the second stage's are read per guest.
             if !t.kind.indexed() {
                 continue;
@@ -129,6 +129,30 @@ impl Matcher {
             .collect();
         let (g, property) = (self.gallery.clone(), property.to_string());
         blocking(move || Ok(g.add(&property, &items)?)).await
+    }
+
+    /// Indexes stored templates (another node's enrolment): the first stage's, of the embedder now
+    /// loaded; those already indexed are skipped.
+    pub async fn add_stored(&self, templates: Vec<crate::store::StoredTemplate>) -> Result<usize> {
+        let mut by_property: HashMap<String, Vec<gallery::Item>> = HashMap::new();
+        for t in templates {
+            if t.kind.indexed() && t.model_id == self.models.student {
+                by_property
+                    .entry(t.property_id)
+                    .or_default()
+                    .push((t.id, t.guest_id, t.kind, t.vector));
+            }
+        }
+        let n = by_property.values().map(Vec::len).sum();
+        let g = self.gallery.clone();
+        blocking(move || {
+            for (p, items) in &by_property {
+                g.add(p, items)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(n)
     }
 
     /// Templates in a property's index.

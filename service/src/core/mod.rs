@@ -12,6 +12,7 @@ pub mod cascade;
 pub mod checkin;
 pub mod credentials;
 mod enrolment;
+mod follow;
 pub mod healthcode;
 mod index_check;
 pub mod ladder;
@@ -33,7 +34,7 @@ pub use reviews::{FeedEnd, ReviewFeed, REVIEW_PAGE};
 use crate::config::Settings;
 use crate::domain::TemplateKind;
 use crate::gallery::GalleryError;
-use crate::store::{DecisionRow, SqliteStore, Store, StoreError, TemplateKeys};
+use crate::store::{DecisionRow, Store, StoreError};
 use crate::vision::{VisionConfig, VisionError};
 use chrono::{Local, NaiveDate};
 use ed25519_dalek::VerifyingKey;
@@ -212,6 +213,17 @@ pub struct App {
     clock: Clock,
     /// A deletion left rows in the WAL (a reader held it): retried until cleared.
     wal_pending: std::sync::atomic::AtomicBool,
+    /// The last change of the PostgreSQL change log applied to this node (`follow`).
+    followed: tokio::sync::Mutex<i64>,
+}
+
+/// A task aborted when its handle is dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A place among a caller's open streams (`limits.max_streams_per_caller`), given back on drop.
@@ -234,11 +246,10 @@ impl Drop for StreamSlot {
 }
 
 impl App {
-    /// Opens the SQLite store in the data directory and builds every property's gallery from the
-    /// stored templates.
+    /// Opens the store the settings name (SQLite in the data directory, or PostgreSQL) and builds
+    /// every property's gallery from the stored templates.
     pub async fn start(settings: Settings, analyser: Arc<dyn Analyser>) -> anyhow::Result<App> {
-        let keys = TemplateKeys::load(&settings.template_key_path())?;
-        let store = Arc::new(SqliteStore::open(&settings.store_path(), Arc::new(keys))?);
+        let store = crate::store::open(&settings).await?;
         App::with_store(settings, analyser, store).await
     }
 
@@ -249,6 +260,12 @@ impl App {
     ) -> anyhow::Result<App> {
         let last_checkpoint = store.checkpoints().await?.last().map(|c| c.seq).unwrap_or(0);
         let anchor = Arc::new(anchor::Anchor::open(&settings, last_checkpoint)?);
+        // Several nodes: changes after this one are applied after the galleries are built from the
+        // store (applying one already in them does nothing), so none falls in between.
+        let followed = match store.postgres() {
+            Some(pg) => pg.last_change().await?,
+            None => 0,
+        };
         let models = ModelIds::new(&settings.cascade);
         let matcher = Matcher::build(store.clone(), &settings, models.clone()).await?;
         let issuers = settings
@@ -290,11 +307,22 @@ impl App {
             anchor,
             clock: Clock::default(),
             wal_pending: Default::default(),
+            followed: tokio::sync::Mutex::new(followed),
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Whether the store is PostgreSQL (several nodes may share it).
+    pub fn shared_store(&self) -> bool {
+        self.store.postgres().is_some()
+    }
+
+    /// Whether the store answers now (the health check).
+    pub async fn store_answers(&self) -> bool {
+        self.store.ping().await.is_ok()
     }
 
     /// Templates in a property's search index (in memory; the store holds them all).

@@ -8,7 +8,7 @@
 use super::*;
 use crate::config::Role;
 use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step};
-use crate::store::ReservationInput;
+use crate::store::{ReservationInput, SqliteStore};
 use crate::vision::geometry::{BBox, Point};
 use crate::vision::{
     Analysis, Embedding, Face, FaceAnalysis, LivenessScore, MaskScore, Quality, SecondEmbeddings, SecondInput,

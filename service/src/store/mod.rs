@@ -12,12 +12,34 @@
 /// that an exported trail is checked offline by the same code.
 pub use lobby_proto::audit;
 pub mod cipher;
+mod pg_schema;
+pub mod postgres;
 mod rows;
 mod sqlite;
 
 pub use audit::{Checkpoint, Verification, Verifier};
 pub use cipher::TemplateKeys;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// The store the settings name: PostgreSQL when `store.url` is set, otherwise the SQLite file in
+/// the data directory; templates sealed with the template keys (`store.template_key_file`).
+pub async fn open(settings: &crate::config::Settings) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let keys = std::sync::Arc::new(TemplateKeys::load(&settings.template_key_path())?);
+    Ok(if settings.store.is_postgres() {
+        std::sync::Arc::new(
+            PgStore::open(
+                &settings.store.url,
+                settings.store.pool_size,
+                &settings.store.ca_file,
+                keys,
+            )
+            .await?,
+        )
+    } else {
+        std::sync::Arc::new(SqliteStore::open(&settings.store_path(), keys)?)
+    })
+}
 
 use crate::domain::{Colour, HealthRecord, Outcome, OverrideAction, Reason, ResStatus, Step, TemplateKind};
 use chrono::NaiveDate;
@@ -251,26 +273,38 @@ pub struct CredentialRow {
 }
 
 /// Seals every template with a new template key and then drops the old keys from the key file
-/// (`lobby-server rotate-template-key`; the server must be stopped). Answers the new key's id, the
-/// old ids and how many templates were re-sealed. Cut short, every row still opens with the keys
-/// left in the file, and running it again finishes it.
-pub fn rotate_template_key(
-    key_file: &std::path::Path,
-    db: &std::path::Path,
+/// (`lobby-server rotate-template-key`; the server must be stopped, every node of a PostgreSQL
+/// store, which then all need the new key file). Answers the new key's id, the old ids and how many
+/// templates were re-sealed. Cut short, every row still opens with the keys left in the file, and
+/// running it again finishes it.
+pub async fn rotate_template_key(
+    settings: &crate::config::Settings,
     actor: &str,
     now_ms: i64,
 ) -> anyhow::Result<(String, Vec<String>, usize)> {
-    let old = TemplateKeys::load(key_file)?;
+    let old = TemplateKeys::load(&settings.template_key_path())?;
     let keys = std::sync::Arc::new(old.add_key()?);
-    let store = SqliteStore::open(db, keys.clone())?;
-    let n = store.reseal_all(actor, now_ms)?;
-    drop(store);
+    let n = if settings.store.is_postgres() {
+        let store = PgStore::open(&settings.store.url, 1, &settings.store.ca_file, keys.clone()).await?;
+        store.reseal_all(actor, now_ms).await?
+    } else {
+        let store = SqliteStore::open(&settings.store_path(), keys.clone())?;
+        store.reseal_all(actor, now_ms)?
+    };
     keys.keep_only_current()?;
     Ok((keys.current_id().to_string(), old.ids(), n))
 }
 
 #[tonic::async_trait]
 pub trait Store: Send + Sync {
+    /// The PostgreSQL store, when this is one: several nodes, and the change log they follow.
+    fn postgres(&self) -> Option<&PgStore> {
+        None
+    }
+    /// Whether the store answers now (the health check); an open SQLite file always does.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
     /// Creates or updates a reservation; a booking that now names another person (another
     /// `guest_ref`, or another name where a reference is missing) forgets the first one.
     async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<Upserted>;
@@ -307,8 +341,13 @@ pub trait Store: Send + Sync {
     async fn properties(&self) -> Result<Vec<String>>;
     /// Applies the retention rules in one transaction, with an audit entry of counts per rule.
     async fn purge(&self, rules: &PurgeRules, now_ms: i64) -> Result<Purged>;
-    /// Every stored template (to build the indexes at start).
+    /// Every stored template.
     async fn all_templates(&self) -> Result<Vec<StoredTemplate>>;
+    /// The first stage's templates (clean and masked), to build the indexes at start.
+    async fn indexed_templates(&self) -> Result<Vec<StoredTemplate>> {
+        let all = self.all_templates().await?;
+        Ok(all.into_iter().filter(|t| t.kind.indexed()).collect())
+    }
     async fn guest_templates(&self, guest_id: &str) -> Result<Vec<StoredTemplate>>;
     /// Records a decision; when `check_in` is set, also marks that reservation checked in.
     /// Records a decision with its audit entry. With `if_taken` (an approval), the decision checks its

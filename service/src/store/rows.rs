@@ -172,7 +172,7 @@ pub(super) fn vec_to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn corrupt(table: &'static str, key: &str, what: impl Into<String>) -> StoreError {
+pub(super) fn corrupt(table: &'static str, key: &str, what: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         table,
         key: key.to_string(),
@@ -219,11 +219,11 @@ pub(super) const RES_SELECT: &str =
 
 /// A reservation row as read, before its text columns are parsed.
 pub(super) struct RawReservation {
-    v: ReservationView,
-    arrival: String,
-    departure: String,
-    status: String,
-    colour: String,
+    pub(super) v: ReservationView,
+    pub(super) arrival: String,
+    pub(super) departure: String,
+    pub(super) status: String,
+    pub(super) colour: String,
 }
 
 pub(super) fn res_row(r: &Row) -> rusqlite::Result<RawReservation> {
@@ -277,10 +277,10 @@ pub(super) const TPL_SELECT: &str = "SELECT id, guest_id, property_id, model_id,
 
 /// A template row as read: the vector still sealed.
 pub(super) struct RawTemplate {
-    t: StoredTemplate,
-    kind: String,
-    sealed: Vec<u8>,
-    key_id: Option<String>,
+    pub(super) t: StoredTemplate,
+    pub(super) kind: String,
+    pub(super) sealed: Vec<u8>,
+    pub(super) key_id: Option<String>,
 }
 
 pub(super) fn tpl_row(r: &Row) -> rusqlite::Result<RawTemplate> {
@@ -354,13 +354,13 @@ pub(super) const DEC_SELECT: &str =
 
 /// A decision row as read, before its text columns are parsed.
 pub(super) struct RawDecision {
-    d: DecisionRow,
-    outcome: String,
-    reasons: String,
-    colour: String,
-    final_outcome: String,
-    action: Option<String>,
-    steps: String,
+    pub(super) d: DecisionRow,
+    pub(super) outcome: String,
+    pub(super) reasons: String,
+    pub(super) colour: String,
+    pub(super) final_outcome: String,
+    pub(super) action: Option<String>,
+    pub(super) steps: String,
 }
 
 pub(super) fn dec_row(r: &Row) -> rusqlite::Result<RawDecision> {
@@ -435,4 +435,101 @@ impl RawDecision {
 /// The names of enum values, as a JSON array (for a text column).
 pub(super) fn names_json<T: Copy>(v: &[T], name: fn(T) -> &'static str) -> String {
     serde_json::Value::from(v.iter().map(|x| name(*x)).collect::<Vec<_>>()).to_string()
+}
+
+/// A decision with what its audit entries say of it, as either store reads it for
+/// `verify_audit`'s cross-check.
+pub(super) struct CrossRow {
+    pub(super) id: String,
+    pub(super) outcome: String,
+    pub(super) final_outcome: String,
+    /// The decision's entry: its number and the outcome it names.
+    pub(super) seq: Option<i64>,
+    pub(super) said: Option<String>,
+    /// The override, if any, and its entry.
+    pub(super) action: Option<String>,
+    pub(super) reason: Option<String>,
+    pub(super) oseq: Option<i64>,
+    pub(super) said_action: Option<String>,
+    pub(super) said_to: Option<String>,
+    pub(super) said_reason: Option<String>,
+    pub(super) code: String,
+    pub(super) said_code: Option<String>,
+    pub(super) guest_id: Option<String>,
+    pub(super) subject_ref: String,
+    pub(super) key: Option<Vec<u8>>,
+    /// The entry was written by schema version 5 or later (it names a `ref`).
+    pub(super) v5: bool,
+    pub(super) said_ref: Option<String>,
+    pub(super) said_code_mac: Option<String>,
+    pub(super) said_reason_mac: Option<String>,
+}
+
+pub(super) fn code_mac(key: &[u8], code: &str) -> Option<String> {
+    (!code.is_empty()).then(|| super::cipher::keyed_hash(key, code))
+}
+
+/// What is wrong with a decision against its audit entries, if anything: the entry's number and
+/// why (the trail's end + 1 when it has no entry). The trail vouches for a decision's personal
+/// fields by keyed hashes under the decision's key; once the decision is anonymised (no key) those
+/// fields must be empty. Entries written before schema version 5 named the reservation code and
+/// the override's reason in the clear.
+pub(super) fn check_decision(r: &CrossRow, entries: i64) -> Option<(i64, String)> {
+    let id = &r.id;
+    let anonymised = r.code.is_empty() && r.guest_id.is_none();
+    let Some(seq) = r.seq else {
+        return Some((entries + 1, format!("decision {id} has no audit entry")));
+    };
+    let not_as_said = || Some((seq, format!("decision {id} does not read as its audit entry says")));
+    if r.said.as_deref() != Some(r.outcome.as_str()) {
+        return not_as_said();
+    }
+    if r.v5 {
+        if r.said_ref.clone().unwrap_or_default() != r.subject_ref {
+            return not_as_said();
+        }
+        match &r.key {
+            Some(k) if code_mac(k, &r.code) != r.said_code_mac => return not_as_said(),
+            None if !anonymised => {
+                return Some((
+                    seq,
+                    format!("decision {id} holds personal fields its audit entry cannot vouch for"),
+                ))
+            }
+            _ => {}
+        }
+    } else if r.said_code.as_deref() != Some(r.code.as_str()) && !(r.key.is_none() && anonymised) {
+        return not_as_said();
+    }
+    match (&r.action, r.oseq) {
+        (None, None) if r.final_outcome == r.outcome => None,
+        (None, None) => Some((
+            seq,
+            format!("decision {id} was changed to {} without an override", r.final_outcome),
+        )),
+        (Some(_), None) => Some((entries + 1, format!("the override of decision {id} has no audit entry"))),
+        (None, Some(oseq)) => Some((
+            oseq,
+            format!("the override of decision {id} is in the trail but not in the store"),
+        )),
+        (Some(action), Some(oseq)) => {
+            let reason = r.reason.clone().unwrap_or_default();
+            let reason_ok = match (&r.said_reason_mac, &r.key) {
+                (Some(mac), Some(k)) => super::cipher::keyed_hash(k, &reason) == *mac,
+                (Some(_), None) => reason.is_empty(),
+                (None, _) => {
+                    r.said_reason.as_deref() == Some(reason.as_str()) || (r.key.is_none() && reason.is_empty())
+                }
+            };
+            (r.said_action.as_deref() != Some(action.as_str())
+                || r.said_to.as_deref() != Some(r.final_outcome.as_str())
+                || !reason_ok)
+                .then(|| {
+                    (
+                        oseq,
+                        format!("the override of decision {id} does not read as its audit entry says"),
+                    )
+                })
+        }
+    }
 }

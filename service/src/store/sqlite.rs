@@ -5,8 +5,9 @@
 use super::audit::{self, AuditEntry, AuditEvent, Verification};
 use super::cipher::{self, template_aad, TemplateKeys};
 use super::rows::{
-    append_audit, cred_row, dec_row, names_json, res_row, tpl_row, vec_to_blob, CRED_SELECT, DEC_SELECT, RES_SELECT,
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_VERSION, TPL_SELECT,
+    append_audit, check_decision, code_mac, cred_row, dec_row, names_json, res_row, tpl_row, vec_to_blob, CrossRow,
+    CRED_SELECT, DEC_SELECT, RES_SELECT, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_VERSION,
+    TPL_SELECT,
 };
 use super::{
     ConsentRecord, CredentialRow, DecisionRow, Enrolled, Erased, NewTemplate, OverrideRow, PurgeRules, Purged,
@@ -131,12 +132,12 @@ fn checkpoint_wal(c: &Connection) -> Result<bool> {
 }
 
 /// Two names of one person: the same letters, case and spacing aside.
-fn same_name(a: &str, b: &str) -> bool {
+pub(super) fn same_name(a: &str, b: &str) -> bool {
     let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
     norm(a) == norm(b)
 }
 
-fn new_guest_id() -> String {
+pub(super) fn new_guest_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut b);
@@ -285,8 +286,7 @@ impl SqliteStore {
                     while let Some(r) = rows.next()? {
                         n += 1;
                         last = r.get::<_, i64>(0)?;
-                        let id: String = r.get(1)?;
-                        let broken = check_decision_row(r, &id, entries)?;
+                        let broken = check_decision(&cross_row(r)?, entries);
                         if broken.is_some() {
                             return Ok((broken, None));
                         }
@@ -651,6 +651,16 @@ impl Store for SqliteStore {
         let keys = self.keys.clone();
         self.run(move |c| {
             let mut st = c.prepare(&format!("{TPL_SELECT} ORDER BY id"))?;
+            let rows = st.query_map([], tpl_row)?;
+            rows.map(|r| r?.open(&keys)).collect()
+        })
+        .await
+    }
+
+    async fn indexed_templates(&self) -> Result<Vec<StoredTemplate>> {
+        let keys = self.keys.clone();
+        self.run(move |c| {
+            let mut st = c.prepare(&format!("{TPL_SELECT} WHERE kind IN ('clean', 'masked') ORDER BY id"))?;
             let rows = st.query_map([], tpl_row)?;
             rows.map(|r| r?.open(&keys)).collect()
         })
@@ -1035,83 +1045,6 @@ impl Store for SqliteStore {
     }
 }
 
-fn code_mac(key: &[u8], code: &str) -> Option<String> {
-    (!code.is_empty()).then(|| cipher::keyed_hash(key, code))
-}
-
-/// One row of `cross_check_decisions`' query: what is wrong with the decision, if anything. The
-/// trail vouches for a decision's personal fields by keyed hashes under the decision's key; once
-/// the decision is anonymised (no key) those fields must be empty. Entries written before schema
-/// version 5 named the reservation code and the override's reason in the clear.
-fn check_decision_row(r: &rusqlite::Row, id: &str, entries: i64) -> rusqlite::Result<Option<(i64, String)>> {
-    let (outcome, final_outcome): (String, String) = (r.get(2)?, r.get(3)?);
-    let (seq, said): (Option<i64>, Option<String>) = (r.get(4)?, r.get(5)?);
-    let (code, said_code): (String, Option<String>) = (r.get(12)?, r.get(13)?);
-    let (guest_id, subject_ref, key): (Option<String>, String, Option<Vec<u8>>) = (r.get(14)?, r.get(15)?, r.get(16)?);
-    let (v5, said_ref, said_code_mac): (bool, Option<String>, Option<String>) = (r.get(17)?, r.get(18)?, r.get(19)?);
-    let anonymised = code.is_empty() && guest_id.is_none();
-    let Some(seq) = seq else {
-        return Ok(Some((entries + 1, format!("decision {id} has no audit entry"))));
-    };
-    let not_as_said = || Some((seq, format!("decision {id} does not read as its audit entry says")));
-    if said.as_deref() != Some(outcome.as_str()) {
-        return Ok(not_as_said());
-    }
-    if v5 {
-        if said_ref.unwrap_or_default() != subject_ref {
-            return Ok(not_as_said());
-        }
-        match &key {
-            Some(k) if code_mac(k, &code) != said_code_mac => return Ok(not_as_said()),
-            None if !anonymised => {
-                return Ok(Some((
-                    seq,
-                    format!("decision {id} holds personal fields its audit entry cannot vouch for"),
-                )))
-            }
-            _ => {}
-        }
-    } else if said_code.as_deref() != Some(code.as_str()) && !(key.is_none() && anonymised) {
-        return Ok(not_as_said());
-    }
-    let (action, reason, oseq): (Option<String>, Option<String>, Option<i64>) = (r.get(6)?, r.get(7)?, r.get(8)?);
-    let (said_action, said_to, said_reason, said_reason_mac): (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ) = (r.get(9)?, r.get(10)?, r.get(11)?, r.get(20)?);
-    Ok(match (action, oseq) {
-        (None, None) if final_outcome == outcome => None,
-        (None, None) => Some((
-            seq,
-            format!("decision {id} was changed to {final_outcome} without an override"),
-        )),
-        (Some(_), None) => Some((entries + 1, format!("the override of decision {id} has no audit entry"))),
-        (None, Some(oseq)) => Some((
-            oseq,
-            format!("the override of decision {id} is in the trail but not in the store"),
-        )),
-        (Some(action), Some(oseq)) => {
-            let reason = reason.unwrap_or_default();
-            let reason_ok = match (&said_reason_mac, &key) {
-                (Some(mac), Some(k)) => cipher::keyed_hash(k, &reason) == *mac,
-                (Some(_), None) => reason.is_empty(),
-                (None, _) => said_reason.as_deref() == Some(reason.as_str()) || (key.is_none() && reason.is_empty()),
-            };
-            (said_action.as_deref() != Some(action.as_str())
-                || said_to.as_deref() != Some(final_outcome.as_str())
-                || !reason_ok)
-                .then(|| {
-                    (
-                        oseq,
-                        format!("the override of decision {id} does not read as its audit entry says"),
-                    )
-                })
-        }
-    })
-}
-
 /// Seals the templates not sealed with the current key (`plain`: rows of schema version 4, stored
 /// in the clear); returns how many.
 fn reseal_templates(tx: &Transaction, keys: &TemplateKeys, plain: bool) -> Result<usize> {
@@ -1140,4 +1073,30 @@ fn reseal_templates(tx: &Transaction, keys: &TemplateKeys, plain: bool) -> Resul
         )?;
     }
     Ok(rows.len())
+}
+
+/// One row of `cross_check_decisions`' query (after its rowid).
+fn cross_row(r: &rusqlite::Row) -> rusqlite::Result<CrossRow> {
+    Ok(CrossRow {
+        id: r.get(1)?,
+        outcome: r.get(2)?,
+        final_outcome: r.get(3)?,
+        seq: r.get(4)?,
+        said: r.get(5)?,
+        action: r.get(6)?,
+        reason: r.get(7)?,
+        oseq: r.get(8)?,
+        said_action: r.get(9)?,
+        said_to: r.get(10)?,
+        said_reason: r.get(11)?,
+        code: r.get(12)?,
+        said_code: r.get(13)?,
+        guest_id: r.get(14)?,
+        subject_ref: r.get(15)?,
+        key: r.get(16)?,
+        v5: r.get(17)?,
+        said_ref: r.get(18)?,
+        said_code_mac: r.get(19)?,
+        said_reason_mac: r.get(20)?,
+    })
 }

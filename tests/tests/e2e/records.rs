@@ -61,16 +61,11 @@ async fn templates(s: &TestServer, identity: &str) -> Result<u32, Code> {
 }
 
 /// The audit entries of the retention purges: (rule, details).
-fn purges(dir: &Path) -> Vec<(String, serde_json::Value)> {
-    open_store(dir)
-        .with(|c| {
-            let mut q = c.prepare("SELECT subject, details FROM audit WHERE kind = 'retention_purge' ORDER BY seq")?;
-            let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .unwrap()
+async fn purges(dir: &Path) -> Vec<(String, serde_json::Value)> {
+    lobby_tests::server::audit_entries(dir, Some("retention_purge"))
+        .await
         .into_iter()
-        .map(|(k, d)| (k, serde_json::from_str(&d).unwrap()))
+        .map(|e| (e.subject, serde_json::from_str(&e.details).unwrap()))
         .collect()
 }
 
@@ -104,7 +99,7 @@ async fn retention_rules_with_a_moved_clock() {
     // Nothing is due: nothing goes, no audit entry.
     let p = app.run_retention().await.unwrap();
     assert_eq!(p.templates.len(), 0, "{:?}", p.counts);
-    assert!(purges(&dir).is_empty());
+    assert!(purges(&dir).await.is_empty());
 
     // A cancelled booking loses its templates at once.
     upsert(
@@ -165,7 +160,7 @@ async fn retention_rules_with_a_moved_clock() {
     }
 
     // Every purge: one audit entry per rule, with counts only.
-    let entries = purges(&dir);
+    let entries = purges(&dir).await;
     let rules: Vec<&str> = entries.iter().map(|(r, _)| r.as_str()).collect();
     for rule in [
         "templates_of_cancelled",
@@ -214,6 +209,9 @@ fn holds_a_template(bytes: &[u8], ts: &[StoredTemplate]) -> bool {
 /// key and drops the old one; the restarted server still recognises the guest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_are_sealed_at_rest_and_the_key_rotates() {
+    if lobby_tests::sqlite_only("records::templates_are_sealed_at_rest_and_the_key_rotates") {
+        return;
+    }
     let Some(data) = data_dir() else { return };
     let dir = scratch_dir("sealed");
     let Some(s) = start(&dir, &issuer(), None).await else {
@@ -259,13 +257,12 @@ async fn templates_are_sealed_at_rest_and_the_key_rotates() {
     drop(side);
     let tokens = s.stop().await;
 
-    let (new, old, n) = lobby_service::store::rotate_template_key(
-        &dir.join("template.key"),
-        &dir.join("lobby.sqlite3"),
-        "test-operator",
-        lobby_service::core::now_ms(),
-    )
-    .unwrap();
+    let mut settings = lobby_service::config::Settings::load_from(None, std::iter::empty()).unwrap();
+    settings.data_dir = dir.clone();
+    let (new, old, n) =
+        lobby_service::store::rotate_template_key(&settings, "test-operator", lobby_service::core::now_ms())
+            .await
+            .unwrap();
     assert_eq!((new.as_str(), old, n), ("k2", vec!["k1".to_string()], plain.len()));
     assert_eq!(key_ids(&dir), ["k2"]);
     let key_file = std::fs::read_to_string(dir.join("template.key")).unwrap();
@@ -344,6 +341,9 @@ async fn a_booking_given_to_another_person_drops_the_first_one() {
 /// answer says so, and the server retries until it is cleared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_wal_is_retried_and_reported() {
+    if lobby_tests::sqlite_only("records::a_busy_wal_is_retried_and_reported") {
+        return;
+    }
     let Some(data) = data_dir() else { return };
     let dir = scratch_dir("busy-wal");
     let Some(s) = start(&dir, &issuer(), None).await else {

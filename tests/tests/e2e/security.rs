@@ -240,8 +240,8 @@ async fn credentials_are_issued_and_revoked_without_a_restart() {
     let Some(s) = start_with(&dir, &issuer_key(), None, |st| st.auth.reload_ms = 200).await else {
         return;
     };
-    let store = lobby_tests::server::open_store(&dir);
-    let (token, row) = credentials::add(&store, Role::Staff, "bob", None, None, "test-operator")
+    let store = lobby_tests::server::side_store(&dir).await;
+    let (token, row) = credentials::add(store.as_ref(), Role::Staff, "bob", None, None, "test-operator")
         .await
         .unwrap();
     let call = |token: String| {
@@ -271,11 +271,13 @@ async fn credentials_are_issued_and_revoked_without_a_restart() {
     }
     eprintln!("credential usable after {:?}", t0.elapsed());
     // A kiosk credential must name its property.
-    assert!(credentials::add(&store, Role::Kiosk, "kiosk-9", None, None, "op")
-        .await
-        .is_err());
+    assert!(
+        credentials::add(store.as_ref(), Role::Kiosk, "kiosk-9", None, None, "op")
+            .await
+            .is_err()
+    );
 
-    credentials::revoke(&store, &row.token_id, "test-operator")
+    credentials::revoke(store.as_ref(), &row.token_id, "test-operator")
         .await
         .unwrap();
     let t0 = Instant::now();
@@ -294,7 +296,7 @@ async fn credentials_are_issued_and_revoked_without_a_restart() {
     eprintln!("credential refused after {:?}", t0.elapsed());
     // An expired credential is refused.
     let (short, _) = credentials::add(
-        &store,
+        store.as_ref(),
         Role::Staff,
         "carol",
         None,
@@ -308,13 +310,12 @@ async fn credentials_are_issued_and_revoked_without_a_restart() {
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("expired"), "{}", e.message());
     // The audit trail has both, without the hash or the token.
-    let audit: Vec<(String, String)> = store
-        .with(|c| {
-            let mut st = c.prepare("SELECT kind, details FROM audit WHERE kind LIKE 'credential_%' ORDER BY seq")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .unwrap();
+    let audit: Vec<(String, String)> = lobby_tests::server::audit_entries(&dir, None)
+        .await
+        .into_iter()
+        .filter(|e| e.kind.starts_with("credential_"))
+        .map(|e| (e.kind, e.details))
+        .collect();
     let kinds: Vec<&str> = audit.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["credential_added", "credential_revoked", "credential_added"]);
     assert!(audit
