@@ -1105,21 +1105,25 @@ impl Store for PgStore {
             .collect()
     }
 
-    /// In parallel: the id range cut into one slice per pooled connection (at most 8), each read
-    /// on its own connection, the rows opened (decrypted) on the blocking pool with rayon.
+    /// In parallel: the id range cut into 64 slices, read on up to 8 pooled connections at once,
+    /// each slice's rows opened (decrypted) on the blocking pool as soon as it arrives and then
+    /// dropped, so only a few slices of raw rows are held at any time.
     async fn indexed_templates(&self) -> Result<Vec<StoredTemplate>> {
+        const SLICES: i64 = 64;
         let c = self.client().await?;
         let r = c
             .query_one("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM templates", &[])
             .await?;
         drop(c);
         let (lo, hi): (i64, i64) = (get(&r, 0)?, get(&r, 1)?);
-        let parts = self.pool.status().max_size.clamp(1, 8) as i64;
-        let step = ((hi - lo + 1).max(1) + parts - 1) / parts;
+        let step = ((hi - lo + 1).max(1) + SLICES - 1) / SLICES;
+        let at_once = Arc::new(tokio::sync::Semaphore::new(self.pool.status().max_size.clamp(1, 8)));
         let mut reads = tokio::task::JoinSet::new();
-        for i in 0..parts {
-            let (from, to, pool) = (lo + i * step, lo + (i + 1) * step, self.pool.clone());
+        for i in 0..SLICES {
+            let (from, to) = (lo + i * step, lo + (i + 1) * step);
+            let (pool, keys, at_once) = (self.pool.clone(), self.keys.clone(), at_once.clone());
             reads.spawn(async move {
+                let _permit = at_once.acquire_owned().await.map_err(|e| StoreError::Db(Box::new(e)))?;
                 let c = pool.get().await?;
                 let rows = c
                     .query(
@@ -1127,22 +1131,21 @@ impl Store for PgStore {
                         &[&from, &to],
                     )
                     .await?;
-                Ok::<_, StoreError>(rows)
+                drop(c);
+                tokio::task::spawn_blocking(move || {
+                    use rayon::prelude::*;
+                    rows.par_iter().map(|r| tpl_of(r, &keys)).collect::<Result<Vec<_>>>()
+                })
+                .await
+                .map_err(StoreError::Task)?
             });
         }
-        let mut rows = Vec::new();
+        let mut out = Vec::new();
         while let Some(r) = reads.join_next().await {
-            rows.extend(r.map_err(StoreError::Task)??);
+            out.extend(r.map_err(StoreError::Task)??);
         }
-        let keys = self.keys.clone();
-        tokio::task::spawn_blocking(move || {
-            use rayon::prelude::*;
-            let mut ts: Vec<StoredTemplate> = rows.par_iter().map(|r| tpl_of(r, &keys)).collect::<Result<_>>()?;
-            ts.sort_unstable_by_key(|t| t.id);
-            Ok(ts)
-        })
-        .await
-        .map_err(StoreError::Task)?
+        out.sort_unstable_by_key(|t| t.id);
+        Ok(out)
     }
 
     async fn guest_templates(&self, guest_id: &str) -> Result<Vec<StoredTemplate>> {
