@@ -22,17 +22,6 @@ fn in_ci() -> bool {
     std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
 }
 
-/// For a test that inspects the SQLite file itself (its bytes, its WAL, rows altered behind the
-/// server's back): true, with a notice, when this process runs on PostgreSQL, where the test does
-/// not apply as written.
-pub fn sqlite_only(test: &str) -> bool {
-    if pg::enabled() {
-        eprintln!("{test}: inspects the SQLite file itself; not run against PostgreSQL");
-        return true;
-    }
-    false
-}
-
 /// Fails under CI, otherwise prints a loud skip notice. Returns `None` so callers can `return`.
 pub fn missing<T>(what: &str) -> Option<T> {
     if in_ci() {

@@ -165,7 +165,9 @@ async fn main() -> Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     let h = tokio::spawn(conn);
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .await?;
     admin.batch_execute(&format!("CREATE DATABASE {DB}")).await?;
     drop(admin);
     let _ = h.await;
@@ -232,7 +234,10 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         let target = indexed(&a.addr, &desk.token).await?;
         while indexed(&b.addr, &desk.token).await? != target {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "enrolment {code} never reached B");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "enrolment {code} never reached B"
+            );
         }
         enrol_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         rs_a.erase_guest(pv::EraseGuestRequest {
@@ -250,9 +255,30 @@ async fn main() -> Result<()> {
     }
 
     // Throughput: A alone, then A and B (each pinned to its core), the same kiosks per node.
-    throughput(std::slice::from_ref(&a.addr), &kiosk.token, args.kiosks, probes.clone(), 3.0).await?;
-    let one = throughput(std::slice::from_ref(&a.addr), &kiosk.token, args.kiosks, probes.clone(), args.duration).await?;
-    let two = throughput(&[a.addr.clone(), b.addr.clone()], &kiosk.token, args.kiosks, probes.clone(), args.duration).await?;
+    throughput(
+        std::slice::from_ref(&a.addr),
+        &kiosk.token,
+        args.kiosks,
+        probes.clone(),
+        3.0,
+    )
+    .await?;
+    let one = throughput(
+        std::slice::from_ref(&a.addr),
+        &kiosk.token,
+        args.kiosks,
+        probes.clone(),
+        args.duration,
+    )
+    .await?;
+    let two = throughput(
+        &[a.addr.clone(), b.addr.clone()],
+        &kiosk.token,
+        args.kiosks,
+        probes.clone(),
+        args.duration,
+    )
+    .await?;
     drop((a, b));
 
     let n = enrol_ms.len();

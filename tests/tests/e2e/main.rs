@@ -1,5 +1,5 @@
 //! The end-to-end suite, one test binary (the models are loaded once for all of it): real models,
-//! real photos from ../shared/data, real SQLite, real gRPC on 127.0.0.1:0.
+//! real photos from ../shared/data, real SQLite (and, built again as `e2e_postgres`, real PostgreSQL), real gRPC on 127.0.0.1:0.
 //!
 //! - [`pipeline`]: the face pipeline on real photos.
 //! - [`fastops`]: our operator kernels agree with tract's on real photos.

@@ -5,10 +5,10 @@
 use chrono::Duration;
 use lobby_kiosk_client::proto as pv;
 use lobby_service::core::healthcode::public_key_b64;
-use lobby_service::store::{Store, StoredTemplate};
+use lobby_service::store::StoredTemplate;
 use lobby_tests::data_dir;
 use lobby_tests::guests::{book, check_in, code_of, enrol, enrol_request, identities, outcome, set_health};
-use lobby_tests::server::{open_store, scratch_dir, start, TestServer, PROPERTY};
+use lobby_tests::server::{open_store, scratch_dir, side_store, start, TestServer, PROPERTY};
 use std::path::{Path, PathBuf};
 use tonic::Code;
 
@@ -204,14 +204,11 @@ fn holds_a_template(bytes: &[u8], ts: &[StoredTemplate]) -> bool {
     })
 }
 
-/// Templates are sealed at rest: the database and WAL bytes hold no template in the clear; the
-/// store, WAL and key files are 0600. `rotate-template-key` re-seals every template under a new
+/// Templates are sealed at rest: the database and WAL bytes hold no template in the clear (on
+/// PostgreSQL: no stored vector holds one); the store, WAL and key files are 0600. `rotate-template-key` re-seals every template under a new
 /// key and drops the old one; the restarted server still recognises the guest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_are_sealed_at_rest_and_the_key_rotates() {
-    if lobby_tests::sqlite_only("records::templates_are_sealed_at_rest_and_the_key_rotates") {
-        return;
-    }
     let Some(data) = data_dir() else { return };
     let dir = scratch_dir("sealed");
     let Some(s) = start(&dir, &issuer(), None).await else {
@@ -222,61 +219,45 @@ async fn templates_are_sealed_at_rest_and_the_key_rotates() {
         enrol(&s, id, &photos[0]).await;
         set_health(&s, id, pv::HealthColour::Yellow, true).await;
     }
-    let side = open_store(&dir);
-    let plain = side.all_templates().await.unwrap();
+    let plain = side_store(&dir).await.all_templates().await.unwrap();
     assert!(plain.len() >= 4);
-    let db_bytes = || {
-        ["lobby.sqlite3", "lobby.sqlite3-wal"]
-            .iter()
-            .filter_map(|f| std::fs::read(dir.join(f)).ok())
-            .collect::<Vec<_>>()
-            .concat()
-    };
     assert!(
-        !holds_a_template(&db_bytes(), &plain),
-        "a template in the clear in the database files"
+        !holds_a_template(&stored_bytes(&dir).await, &plain),
+        "a template in the clear in the database"
     );
-    for f in [
-        "lobby.sqlite3",
-        "lobby.sqlite3-wal",
-        "template.key",
-        "audit-signing.key",
-    ] {
+    let mut private = vec!["template.key", "audit-signing.key"];
+    if !lobby_tests::pg::enabled() {
+        private.extend(["lobby.sqlite3", "lobby.sqlite3-wal"]);
+    }
+    for f in private {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
-    let key_ids = |dir: &Path| -> Vec<String> {
-        open_store(dir)
-            .with(|c| {
-                let mut q = c.prepare("SELECT DISTINCT key_id FROM templates")?;
-                let rows = q.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-            })
-            .unwrap()
-    };
-    assert_eq!(key_ids(&dir), ["k1"]);
-    drop(side);
+    assert_eq!(key_ids(&dir).await, ["k1"]);
     let tokens = s.stop().await;
 
     let mut settings = lobby_service::config::Settings::load_from(None, std::iter::empty()).unwrap();
     settings.data_dir = dir.clone();
+    if let Some(c) = lobby_tests::pg::enabled().then(lobby_tests::pg::cluster).flatten() {
+        settings.store.url = c.url(&lobby_tests::pg::db_name(&dir));
+    }
     let (new, old, n) =
         lobby_service::store::rotate_template_key(&settings, "test-operator", lobby_service::core::now_ms())
             .await
             .unwrap();
     assert_eq!((new.as_str(), old, n), ("k2", vec!["k1".to_string()], plain.len()));
-    assert_eq!(key_ids(&dir), ["k2"]);
+    assert_eq!(key_ids(&dir).await, ["k2"]);
     let key_file = std::fs::read_to_string(dir.join("template.key")).unwrap();
     assert!(
         key_file.starts_with("k2:") && !key_file.contains("k1:"),
         "the old key is gone"
     );
     assert_eq!(mode(&dir.join("template.key")), 0o600);
-    let resealed = open_store(&dir).all_templates().await.unwrap();
+    let resealed = side_store(&dir).await.all_templates().await.unwrap();
     assert_eq!(
         resealed.iter().map(|t| &t.vector).collect::<Vec<_>>(),
         plain.iter().map(|t| &t.vector).collect::<Vec<_>>()
     );
-    assert!(!holds_a_template(&db_bytes(), &plain));
+    assert!(!holds_a_template(&stored_bytes(&dir).await, &plain));
 
     let Some(s) = start(&dir, &issuer(), Some(tokens)).await else {
         return;
@@ -287,6 +268,44 @@ async fn templates_are_sealed_at_rest_and_the_key_rotates() {
         "recognised after the rotation: {c:?}"
     );
     s.stop().await;
+}
+
+/// What the database holds: the SQLite file and its WAL, byte for byte; on PostgreSQL, every
+/// stored template vector (the column as the server wrote it).
+async fn stored_bytes(dir: &Path) -> Vec<u8> {
+    if lobby_tests::pg::enabled() {
+        let db = pg_client(dir).await;
+        let rows = db.query("SELECT vector FROM templates", &[]).await.unwrap();
+        return rows.iter().flat_map(|r| r.get::<_, Vec<u8>>(0)).collect();
+    }
+    ["lobby.sqlite3", "lobby.sqlite3-wal"]
+        .iter()
+        .filter_map(|f| std::fs::read(dir.join(f)).ok())
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// The template keys the stored templates name.
+async fn key_ids(dir: &Path) -> Vec<String> {
+    if lobby_tests::pg::enabled() {
+        let db = pg_client(dir).await;
+        let rows = db.query("SELECT DISTINCT key_id FROM templates", &[]).await.unwrap();
+        return rows.iter().map(|r| r.get(0)).collect();
+    }
+    open_store(dir)
+        .with(|c| {
+            let mut q = c.prepare("SELECT DISTINCT key_id FROM templates")?;
+            let rows = q.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .unwrap()
+}
+
+async fn pg_client(dir: &Path) -> tokio_postgres::Client {
+    let url = lobby_tests::pg::cluster().unwrap().url(&lobby_tests::pg::db_name(dir));
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    db
 }
 
 /// A booking that now names another person (another guest reference) drops the first person's
@@ -338,12 +357,10 @@ async fn a_booking_given_to_another_person_drops_the_first_one() {
 }
 
 /// An erasure while another process reads the store: the WAL cannot be checkpointed at once; the
-/// answer says so, and the server retries until it is cleared.
+/// answer says so, and the server retries until it is cleared. On PostgreSQL the same for the
+/// VACUUM that follows an erasure, while another session holds a lock it needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_wal_is_retried_and_reported() {
-    if lobby_tests::sqlite_only("records::a_busy_wal_is_retried_and_reported") {
-        return;
-    }
     let Some(data) = data_dir() else { return };
     let dir = scratch_dir("busy-wal");
     let Some(s) = start(&dir, &issuer(), None).await else {
@@ -353,6 +370,47 @@ async fn a_busy_wal_is_retried_and_reported() {
     let (id, photos) = &g[0];
     enrol(&s, id, &photos[0]).await;
     book(&s, &g[1].0).await;
+    if lobby_tests::pg::enabled() {
+        // A session holding the lock VACUUM needs (another maintenance job, say).
+        let other = pg_client(&dir).await;
+        other.batch_execute("BEGIN").await.unwrap();
+        other
+            .batch_execute("LOCK TABLE templates IN SHARE UPDATE EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let e = s
+            .enroller()
+            .await
+            .erase_guest(pv::EraseGuestRequest {
+                property_id: PROPERTY.into(),
+                reservation_code: code_of(id),
+                reason: "guest asked".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!e.wal_cleared, "VACUUM cannot run while the lock is held: {e:?}");
+        other.batch_execute("COMMIT").await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !s.app().clear_wal_if_pending().await.unwrap() {
+            assert!(std::time::Instant::now() < deadline, "VACUUM never ran");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let db = pg_client(&dir).await;
+        for table in ["guests", "reservations", "templates", "decisions", "audit", "changes"] {
+            let n: i64 = db
+                .query_one(
+                    &format!("SELECT COUNT(*) FROM {table} x WHERE strpos(x::text, $1) > 0"),
+                    &[&id.as_str()],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0, "{table} still names the erased guest");
+        }
+        s.stop().await;
+        return;
+    }
     // A reader holding a snapshot (an operator's backup tool, say).
     let reader = rusqlite::Connection::open(dir.join("lobby.sqlite3")).unwrap();
     reader.execute_batch("BEGIN; SELECT COUNT(*) FROM audit;").unwrap();

@@ -849,9 +849,6 @@ async fn restart_keeps_reservations_templates_and_decisions() {
 /// An audit row altered in the SQLite file is named by VerifyAuditTrail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn altered_audit_row_is_named() {
-    if lobby_tests::sqlite_only("service::altered_audit_row_is_named") {
-        return;
-    }
     let Some((s, _id, photos)) = one_guest("tamper", pv::HealthColour::Red, 2).await else {
         return;
     };
@@ -866,6 +863,11 @@ async fn altered_audit_row_is_named() {
             .into_inner()
             .intact
     );
+    if lobby_tests::pg::enabled() {
+        altered_audit_row_on_postgres(&s, &r.decision_id).await;
+        s.stop().await;
+        return;
+    }
     // Someone with file access turns the DENIED decision's audit entry into an approval.
     let db = rusqlite::Connection::open(s.data_dir.join("lobby.sqlite3")).unwrap();
     let seq: i64 = db
@@ -919,6 +921,135 @@ async fn altered_audit_row_is_named() {
     s.stop().await;
 }
 
+/// `altered_audit_row_is_named` on PostgreSQL: the same two alterations, by someone who may
+/// connect to the database as its owner (and so drop the append-only trigger).
+async fn altered_audit_row_on_postgres(s: &TestServer, decision_id: &str) {
+    let url = lobby_tests::pg::cluster()
+        .unwrap()
+        .url(&lobby_tests::pg::db_name(&s.data_dir));
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut staff = s.staff().await;
+    let seq: i64 = db
+        .query_one(
+            "SELECT seq FROM audit WHERE kind = 'decision' AND subject = $1",
+            &[&decision_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let set = |to: &'static str| {
+        let db = &db;
+        async move {
+            db.execute(
+                "UPDATE decisions SET final_outcome = $2 WHERE id = $1",
+                &[&decision_id, &to],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    set("APPROVED").await;
+    let v = staff
+        .verify_audit_trail(pv::VerifyAuditTrailRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.intact && v.detail.contains(decision_id), "{v:?}");
+    assert_eq!(v.first_broken_seq, seq as u64, "{}", v.detail);
+    set("DENIED").await;
+    let alter = "UPDATE audit SET details = replace(details, 'DENIED', 'APPROVED') WHERE seq = $1";
+    let refused = db.execute(alter, &[&seq]).await.unwrap_err();
+    let why = refused
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(why.contains("append-only"), "{refused:?}");
+    db.batch_execute("DROP TRIGGER audit_append_only ON audit")
+        .await
+        .unwrap();
+    db.execute(alter, &[&seq]).await.unwrap();
+    let v = staff
+        .verify_audit_trail(pv::VerifyAuditTrailRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.intact);
+    assert_eq!(v.first_broken_seq, seq as u64, "{}", v.detail);
+}
+
+/// The server's database opened behind its back, as someone with the file (SQLite) or the
+/// owner's login (PostgreSQL) could.
+enum RawDb {
+    Lite(rusqlite::Connection),
+    Pg(tokio_postgres::Client),
+}
+
+impl RawDb {
+    async fn open(data_dir: &std::path::Path) -> RawDb {
+        if lobby_tests::pg::enabled() {
+            let url = lobby_tests::pg::cluster()
+                .unwrap()
+                .url(&lobby_tests::pg::db_name(data_dir));
+            let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            RawDb::Pg(db)
+        } else {
+            RawDb::Lite(rusqlite::Connection::open(data_dir.join("lobby.sqlite3")).unwrap())
+        }
+    }
+
+    /// Runs one statement without parameters; the database's own message when it refuses.
+    async fn exec(&self, sql: &str) -> Result<(), String> {
+        match self {
+            RawDb::Lite(c) => c.execute(sql, []).map(|_| ()).map_err(|e| e.to_string()),
+            RawDb::Pg(c) => c.execute(sql, &[]).await.map(|_| ()).map_err(|e| {
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or(e.to_string())
+            }),
+        }
+    }
+
+    async fn drop_append_only_triggers(&self) {
+        let sql = match self {
+            RawDb::Lite(_) => [
+                "DROP TRIGGER audit_no_update",
+                "DROP TRIGGER audit_no_delete",
+                "DROP TRIGGER audit_checkpoints_no_delete",
+            ],
+            RawDb::Pg(_) => [
+                "DROP TRIGGER audit_append_only ON audit",
+                "DROP TRIGGER audit_checkpoints_append_only ON audit_checkpoints",
+                "SELECT 1",
+            ],
+        };
+        for q in sql {
+            self.exec(q).await.unwrap();
+        }
+    }
+
+    async fn rewrite_entry(&self, e: &lobby_service::store::audit::AuditEntry) {
+        match self {
+            RawDb::Lite(c) => {
+                c.execute(
+                    "UPDATE audit SET at_ms = ?2, actor = ?3, subject = ?4, details = ?5, prev_hash = ?6, hash = ?7 WHERE seq = ?1",
+                    rusqlite::params![e.seq, e.at_ms, e.actor, e.subject, e.details, e.prev_hash, e.hash],
+                )
+                .unwrap();
+            }
+            RawDb::Pg(c) => {
+                c.execute(
+                    "UPDATE audit SET at_ms = $2, actor = $3, subject = $4, details = $5, prev_hash = $6, hash = $7 WHERE seq = $1",
+                    &[&e.seq, &e.at_ms, &e.actor, &e.subject, &e.details, &e.prev_hash, &e.hash],
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+}
+
 /// The audit trail against the server's signed checkpoints (in the database and in the checkpoint
 /// file outside it). Someone with the database file in hand, who drops the append-only triggers,
 /// is still caught: an altered entry, a deleted middle entry, a cut tail (a checkpoint names a later
@@ -926,9 +1057,6 @@ async fn altered_audit_row_is_named() {
 /// still name the old head) and an emptied table are each broken, and the first broken entry named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_tampering_is_caught_by_signed_checkpoints() {
-    if lobby_tests::sqlite_only("service::audit_tampering_is_caught_by_signed_checkpoints") {
-        return;
-    }
     use lobby_service::store::audit::{AuditEntry, AuditEvent};
     for case in ["altered", "deleted", "truncated", "recomputed", "emptied"] {
         let Some(s) = start_with(
@@ -968,25 +1096,23 @@ async fn audit_tampering_is_caught_by_signed_checkpoints() {
             .unwrap()
             .into_inner();
         assert!(v.intact && v.entries == 6 && v.checkpoints >= 1, "{case}: {v:?}");
-        let db = rusqlite::Connection::open(s.data_dir.join("lobby.sqlite3")).unwrap();
-        let refused = db.execute("DELETE FROM audit WHERE seq = 6", []).unwrap_err();
-        assert!(refused.to_string().contains("append-only"), "{refused}");
-        db.execute_batch(
-            "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete; DROP TRIGGER audit_checkpoints_no_delete;",
-        )
-        .unwrap();
+        let db = RawDb::open(&s.data_dir).await;
+        let refused = db.exec("DELETE FROM audit WHERE seq = 6").await.unwrap_err();
+        assert!(refused.contains("append-only"), "{refused}");
+        db.drop_append_only_triggers().await;
         let expected = match case {
             "altered" => {
-                db.execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 3", [])
+                db.exec("UPDATE audit SET actor = 'someone-else' WHERE seq = 3")
+                    .await
                     .unwrap();
                 3
             }
             "deleted" => {
-                db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+                db.exec("DELETE FROM audit WHERE seq = 3").await.unwrap();
                 3
             }
             "truncated" => {
-                db.execute("DELETE FROM audit WHERE seq >= 5", []).unwrap();
+                db.exec("DELETE FROM audit WHERE seq >= 5").await.unwrap();
                 5
             }
             "recomputed" => {
@@ -1001,18 +1127,14 @@ async fn audit_tampering_is_caught_by_signed_checkpoints() {
                         details: serde_json::json!({}),
                     };
                     let e = AuditEntry::new(seq, 1_000 + seq, &ev, &prev);
-                    db.execute(
-                        "UPDATE audit SET at_ms = ?2, actor = ?3, subject = ?4, details = ?5, prev_hash = ?6, hash = ?7 WHERE seq = ?1",
-                        rusqlite::params![e.seq, e.at_ms, e.actor, e.subject, e.details, e.prev_hash, e.hash],
-                    )
-                    .unwrap();
+                    db.rewrite_entry(&e).await;
                     prev = e.hash;
                 }
-                db.execute("DELETE FROM audit_checkpoints", []).unwrap();
+                db.exec("DELETE FROM audit_checkpoints").await.unwrap();
                 1
             }
             _ => {
-                db.execute("DELETE FROM audit", []).unwrap();
+                db.exec("DELETE FROM audit").await.unwrap();
                 1
             }
         };

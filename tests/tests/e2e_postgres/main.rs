@@ -1,8 +1,8 @@
 //! The end-to-end suite again, every server on PostgreSQL: a throwaway cluster started by this
 //! test process (`lobby_tests::pg`, chosen by this binary's name), one database per test's data
 //! directory. The same test files as `tests/e2e/` but the face pipeline's own (`pipeline`,
-//! `fastops`: no store); those that inspect the SQLite file itself say so and return here. Several
-//! nodes on one database: [`nodes`].
+//! `fastops`: no store); where a test inspects the SQLite file itself it checks PostgreSQL's
+//! equivalent. Several nodes on one database: [`nodes`].
 
 mod nodes;
 
