@@ -689,15 +689,20 @@ impl PgStore {
     /// VACUUMs the tables that held personal data, so the space of deleted rows is reclaimed;
     /// whether it ran (it gives up after a short wait for a lock).
     async fn vacuum(&self) -> Result<bool> {
-        let c = self.client().await?;
-        // One statement per call: VACUUM cannot run inside a multi-statement string's implicit
-        // transaction.
-        c.batch_execute("SET lock_timeout = '2s'").await?;
-        let r = c
-            .batch_execute("VACUUM templates, guests, reservations, decisions, overrides")
-            .await;
-        c.batch_execute("RESET lock_timeout").await?;
-        match r {
+        // Best effort after a committed deletion: any failure (a lock held, the connection gone)
+        // answers "not yet", and the server retries (`clear_wal_if_pending`).
+        let run = async {
+            let c = self.client().await?;
+            // One statement per call: VACUUM cannot run inside a multi-statement string's
+            // implicit transaction.
+            c.batch_execute("SET lock_timeout = '2s'").await?;
+            let r = c
+                .batch_execute("VACUUM templates, guests, reservations, decisions, overrides")
+                .await;
+            c.batch_execute("RESET lock_timeout").await?;
+            Ok::<_, StoreError>(r?)
+        };
+        match run.await {
             Ok(()) => Ok(true),
             Err(e) => {
                 tracing::warn!(error = %e, "VACUUM after a deletion did not run; retried later");
