@@ -3,7 +3,10 @@
 //! A header line names the columns (any order, extra columns ignored): `property`,
 //! `reservation_code`, `full_name`, `guest_ref`, `arrival`, `departure` (`YYYY-MM-DD`, `today` or
 //! `today+N`), `consent` (`yes` to enrol) and `photos` (`;`-separated paths relative to the CSV).
-//! Blank lines are skipped; a missing cell is empty. The server validates every field.
+//! Read with the `csv` crate: quoted fields (commas and quotes inside them), a UTF-8 byte-order
+//! mark, CRLF line ends, rows shorter than the header (a missing cell is empty). Blank lines are
+//! skipped. A row that cannot be read, or has no property or reservation code, is reported with its
+//! line and the others are still imported; the server validates every field.
 
 use crate::proto as pv;
 use anyhow::{Context, Result};
@@ -33,19 +36,35 @@ pub fn relative_date(s: &str) -> String {
     }
 }
 
-/// Parses an import file's bytes (UTF-8, as `read_to_string` requires).
-pub fn parse_bytes(bytes: &[u8]) -> Result<Vec<ImportRow>> {
+/// What an import file gave: the rows read, each with its line number, and the rows that could not
+/// be used, each with its line number and why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    pub rows: Vec<(u64, ImportRow)>,
+    pub bad: Vec<(u64, String)>,
+}
+
+/// Parses an import file's bytes (UTF-8).
+pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed> {
     parse(std::str::from_utf8(bytes).context("the CSV is not UTF-8")?)
 }
 
-/// Parses an import file's text: the header, then one [`ImportRow`] per non-blank line.
-pub fn parse(text: &str) -> Result<Vec<ImportRow>> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().context("empty CSV")?.split(',').map(str::trim).collect();
+/// Parses an import file's text: the header, then one [`ImportRow`] per record. An error only
+/// when the file as a whole is unusable (no header, a column missing).
+pub fn parse(text: &str) -> Result<Parsed> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut rd = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let header = rd.headers().context("reading the CSV header")?.clone();
+    if header.iter().all(str::is_empty) {
+        anyhow::bail!("empty CSV");
+    }
     let col = |n: &str| {
         header
             .iter()
-            .position(|h| *h == n)
+            .position(|h| h == n)
             .with_context(|| format!("CSV column {n} missing"))
     };
     let (cp, cc, cn, cr, ca, cd, cs, cph) = (
@@ -58,10 +77,45 @@ pub fn parse(text: &str) -> Result<Vec<ImportRow>> {
         col("consent")?,
         col("photos")?,
     );
-    Ok(lines
-        .map(|l| {
-            let r: Vec<&str> = l.split(',').map(str::trim).collect();
-            let get = |i: usize| r.get(i).copied().unwrap_or_default().to_string();
+    // The file's line where a record starts, from its byte offset (the reader's own line count
+    // leaves the header out).
+    let line_at = |pos: Option<&csv::Position>| {
+        pos.map_or(0, |p| {
+            let b = text.as_bytes();
+            // After a CRLF the reader's offset may still point at its '\n'.
+            let mut at = (p.byte() as usize).min(b.len());
+            while at < b.len() && (b[at] == b'\r' || b[at] == b'\n') {
+                at += 1;
+            }
+            b[..at].iter().filter(|c| **c == b'\n').count() as u64 + 1
+        })
+    };
+    let mut out = Parsed::default();
+    for rec in rd.records() {
+        let r = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let line = line_at(e.position());
+                out.bad.push((line, e.to_string()));
+                continue;
+            }
+        };
+        let line = line_at(r.position());
+        if r.iter().all(str::is_empty) {
+            continue;
+        }
+        let get = |i: usize| r.get(i).unwrap_or_default().to_string();
+        let missing: Vec<&str> = [("property", cp), ("reservation_code", cc)]
+            .iter()
+            .filter(|(_, i)| get(*i).is_empty())
+            .map(|(n, _)| *n)
+            .collect();
+        if !missing.is_empty() {
+            out.bad.push((line, format!("no {}", missing.join(", no "))));
+            continue;
+        }
+        out.rows.push((
+            line,
             ImportRow {
                 reservation: pv::Reservation {
                     property_id: get(cp),
@@ -79,12 +133,14 @@ pub fn parse(text: &str) -> Result<Vec<ImportRow>> {
                 consent: get(cs).eq_ignore_ascii_case("yes"),
                 photos: get(cph)
                     .split(';')
+                    .map(str::trim)
                     .filter(|p| !p.is_empty())
                     .map(str::to_string)
                     .collect(),
-            }
-        })
-        .collect())
+            },
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -96,7 +152,9 @@ mod tests {
         let csv = "photos, consent,property,reservation_code,full_name,guest_ref,arrival,departure\n\n\
                    a.jpg;;b.jpg,YES,p1,R-1,Ann Lee,G-1,2026-01-02,2026-01-03\n\
                    ,no,p1,R-2\n";
-        let rows = parse(csv).unwrap();
+        let p = parse(csv).unwrap();
+        assert!(p.bad.is_empty(), "{:?}", p.bad);
+        let rows: Vec<ImportRow> = p.rows.into_iter().map(|(_, r)| r).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].photos, ["a.jpg", "b.jpg"]);
         assert!(rows[0].consent);
@@ -110,5 +168,29 @@ mod tests {
         assert_eq!(relative_date("today+x"), "today+x");
         // Found by fuzzing (csv_import): this panicked (`NaiveDate + Days` out of range).
         assert_eq!(relative_date("today+29999999999999"), "today+29999999999999");
+    }
+
+    #[test]
+    fn quoted_fields_bom_crlf_and_a_bad_row_among_good_ones() {
+        let csv = "\u{feff}property,reservation_code,full_name,guest_ref,arrival,departure,consent,photos\r\n\
+                   p1,R-1,\"Lee, Ann \"\"Annie\"\"\",G-1,today,today+1,yes,\"a,1.jpg; b.jpg\"\r\n\
+                   p1,,No Code,G-2,today,today+1,no,\r\n\
+                   p1,R-3,Bo,G-3,today,today+2,no,\r\n";
+        let p = parse(csv).unwrap();
+        assert_eq!(p.rows.len(), 2, "{p:?}");
+        let (line, first) = &p.rows[0];
+        assert_eq!(*line, 2);
+        assert_eq!(
+            first.reservation.guest.as_ref().unwrap().full_name,
+            "Lee, Ann \"Annie\""
+        );
+        assert_eq!(first.photos, ["a,1.jpg", "b.jpg"]);
+        assert_eq!(p.rows[1].1.reservation.reservation_code, "R-3");
+        assert_eq!(p.bad, [(3, "no reservation_code".to_string())]);
+        // The BOM is not part of the first column's name.
+        assert!(parse("\u{feff}property,reservation_code\n")
+            .unwrap_err()
+            .to_string()
+            .contains("full_name"));
     }
 }

@@ -66,10 +66,12 @@ fn seed(target: &str, name: &str) -> Vec<u8> {
 /// The csv_import target's body (tests/fuzz/fuzz_targets/csv_import.rs): parse, then convert each
 /// row's reservation as the service does. The parse result, and each row's conversion.
 fn csv_import(bytes: &[u8]) -> Option<Vec<bool>> {
-    let rows = lobby_kiosk_client::import::parse_bytes(bytes).ok()?;
+    let parsed = lobby_kiosk_client::import::parse_bytes(bytes).ok()?;
     Some(
-        rows.into_iter()
-            .map(|row| fuzzing::reservation(row.reservation).is_ok())
+        parsed
+            .rows
+            .into_iter()
+            .map(|(_, row)| fuzzing::reservation(row.reservation).is_ok())
             .collect(),
     )
 }

@@ -15,13 +15,26 @@ pub async fn import(
 ) -> Result<()> {
     let text = std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
     let base = csv.parent().unwrap_or(Path::new("."));
-    let rows = parse(&text)?;
+    let parsed = parse(&text)?;
+    for (line, why) in &parsed.bad {
+        eprintln!("line {line}: not imported: {why}");
+    }
+    let rows = parsed.rows;
     let bar = ProgressBar::new(rows.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (mut ok, mut enrolled, mut failed) = (0, 0, 0);
-    for row in rows {
+    // Each failure on its own line: above the bar on a terminal, to stderr otherwise (the bar
+    // draws nothing there, and would swallow them).
+    let say = |m: String| {
+        if bar.is_hidden() {
+            eprintln!("{m}");
+        } else {
+            bar.println(m);
+        }
+    };
+    let (mut ok, mut enrolled, mut failed, mut not_enrolled) = (0, 0, parsed.bad.len(), 0);
+    for (line, row) in rows {
         let code = row.reservation.reservation_code.clone();
         let property = row.reservation.property_id.clone();
         bar.set_message(code.clone());
@@ -31,17 +44,27 @@ pub async fn import(
             })
             .await
         {
-            bar.println(format!("{code}: reservation refused: {}", e.message()));
+            say(format!("line {line} ({code}): reservation refused: {}", e.message()));
             failed += 1;
             bar.inc(1);
             continue;
         }
         ok += 1;
         if row.consent {
-            let mut photos = Vec::new();
-            for p in &row.photos {
-                photos.push(std::fs::read(base.join(p)).with_context(|| format!("reading {p}"))?);
-            }
+            let photos: std::result::Result<Vec<Vec<u8>>, String> = row
+                .photos
+                .iter()
+                .map(|p| std::fs::read(base.join(p)).map_err(|e| format!("{p}: {e}")))
+                .collect();
+            let photos = match photos {
+                Ok(p) => p,
+                Err(e) => {
+                    say(format!("line {line} ({code}): photo unreadable, not enrolled: {e}"));
+                    not_enrolled += 1;
+                    bar.inc(1);
+                    continue;
+                }
+            };
             match c
                 .enroll_face(pv::EnrollFaceRequest {
                     property_id: property,
@@ -62,15 +85,25 @@ pub async fn import(
                         enrolled += 1;
                     } else {
                         let why: Vec<String> = r.photos.iter().map(|p| p.rejection_reason.clone()).collect();
-                        bar.println(format!("{code}: no photo accepted ({})", why.join(", ")));
+                        say(format!("line {line} ({code}): no photo accepted ({})", why.join(", ")));
+                        not_enrolled += 1;
                     }
                 }
-                Err(e) => bar.println(format!("{code}: enrolment refused: {}", e.message())),
+                Err(e) => {
+                    say(format!("line {line} ({code}): enrolment refused: {}", e.message()));
+                    not_enrolled += 1;
+                }
             }
         }
         bar.inc(1);
     }
     bar.finish_with_message("done");
-    println!("{ok} reservations imported, {enrolled} faces enrolled, {failed} refused");
+    println!(
+        "{ok} reservations imported, {enrolled} faces enrolled; {failed} rows not imported, {not_enrolled} enrolments failed"
+    );
+    // The exit status says whether anything failed (the rest was imported regardless).
+    if failed + not_enrolled > 0 {
+        anyhow::bail!("{failed} rows not imported and {not_enrolled} enrolments failed (see above)");
+    }
     Ok(())
 }

@@ -6,8 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(rows) = lobby_kiosk_client::import::parse_bytes(data) {
-        for row in rows {
+    if let Ok(parsed) = lobby_kiosk_client::import::parse_bytes(data) {
+        for (_, row) in parsed.rows {
             let _ = lobby_service::fuzzing::reservation(row.reservation);
         }
     }
