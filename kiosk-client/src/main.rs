@@ -65,6 +65,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Shell completions for this command, on stdout (e.g. `lobby completions bash >
+    /// /etc/bash_completion.d/lobby`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,6 +248,11 @@ fn photo_files(dir: &Path) -> Result<Vec<PathBuf>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Completions { shell } = cli.cmd {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "lobby", &mut std::io::stdout());
+        return Ok(());
+    }
     let tls = Tls {
         ca: cli.ca.clone(),
         cert: cli.cert.clone(),
@@ -405,7 +416,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Audit { .. } => unreachable!("answered before connecting"),
+        Cmd::Audit { .. } | Cmd::Completions { .. } => unreachable!("answered before connecting"),
         Cmd::Reservations { cmd } => {
             let mut c = reservations(ch, &token(&cli, "enroller")?)?;
             match cmd {
@@ -475,4 +486,27 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod completion_tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_is_well_formed_and_every_shell_completes_it() {
+        Cli::command().debug_assert();
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lobby", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for sub in ["check-in", "reviews", "import", "export-audit", "completions"] {
+                assert!(text.contains(sub), "{shell}: {sub} missing");
+            }
+        }
+    }
 }
