@@ -73,6 +73,40 @@ impl Default for StoreSettings {
     }
 }
 
+/// A PostgreSQL connection string with its password replaced by `***` (URL form
+/// `postgres://user:password@host/db`, or `password=...` in the key/value form).
+pub fn redact_url(url: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let scheme = &url[..url.len() - rest.len()];
+        if let Some(at) = rest.find('@') {
+            let (userinfo, host) = rest.split_at(at);
+            if let Some(colon) = userinfo.find(':') {
+                return format!("{scheme}{}:***{host}", &userinfo[..colon]);
+            }
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Settings {
+    /// The effective settings as TOML, secrets redacted (`lobby-server check-config`).
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut s = self.clone();
+        s.store.url = redact_url(&s.store.url);
+        toml::to_string(&s).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+}
+
 impl StoreSettings {
     /// Whether the store is PostgreSQL.
     pub fn is_postgres(&self) -> bool {
@@ -757,6 +791,26 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_config_prints_no_database_password() {
+        assert_eq!(
+            redact_url("postgres://lobby:s3cret@db:5432/lobby?sslmode=require"),
+            "postgres://lobby:***@db:5432/lobby?sslmode=require"
+        );
+        assert_eq!(redact_url("postgresql://lobby@db/lobby"), "postgresql://lobby@db/lobby");
+        assert_eq!(
+            redact_url("host=/run/postgresql user=lobby password=s3cret dbname=lobby"),
+            "host=/run/postgresql user=lobby password=*** dbname=lobby"
+        );
+        let mut s = Settings::load_from(None, std::iter::empty()).unwrap();
+        s.store.url = "postgres://lobby:s3cret@db/lobby".into();
+        let text = s.to_redacted_toml().unwrap();
+        assert!(!text.contains("s3cret") && text.contains("lobby:***@db"), "{text}");
+        // What it prints loads back as the same settings (the password aside).
+        let back: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(back.limits.max_pixels, s.limits.max_pixels);
+    }
 
     #[test]
     fn defaults_load_and_validate() {

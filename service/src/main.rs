@@ -45,6 +45,10 @@ enum Command {
         #[arg(long, default_value = "operator")]
         by: String,
     },
+    /// Print the effective settings (embedded defaults, the --config file, LOBBY__* variables and
+    /// the flags; secrets redacted) and check them: exit status 0 when the server would start with
+    /// them, non-zero with the reason when not.
+    CheckConfig,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +111,7 @@ async fn start(mut args: Args) -> anyhow::Result<()> {
     match args.command.take() {
         Some(Command::Credentials(c)) => manage_credentials(&settings, c).await,
         Some(Command::RotateTemplateKey { by }) => rotate_template_key(&settings, &by).await,
+        Some(Command::CheckConfig) => check_config(&args, &settings),
         None => serve(args, settings).await,
     }
 }
@@ -131,6 +136,16 @@ fn lock_data_dir(settings: &Settings) -> anyhow::Result<std::fs::File> {
         ),
         Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
+}
+
+/// `lobby-server check-config`: what `Settings::load` checks (types, ranges, unknown keys), plus
+/// what the server checks before it listens (TLS files readable, no plaintext off loopback).
+fn check_config(args: &Args, settings: &Settings) -> anyhow::Result<()> {
+    print!("{}", settings.to_redacted_toml()?);
+    lobby_service::server::tls_config(&settings.tls).context("tls")?;
+    check_transport(settings.listen, &settings.tls, args.insecure_plaintext).map_err(anyhow::Error::msg)?;
+    eprintln!("configuration OK");
+    Ok(())
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
