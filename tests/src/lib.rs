@@ -553,6 +553,28 @@ pub mod pg {
         std::env::var("USER").unwrap_or_else(|_| "postgres".into())
     }
 
+    /// A connection to the database of a test's data directory (to read or alter it behind the
+    /// server's back).
+    pub async fn client(data_dir: &Path) -> tokio_postgres::Client {
+        let url = cluster().expect("cluster").url(&db_name(data_dir));
+        let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        db
+    }
+
+    /// Rows of `table` whose text (every column) holds `needle`.
+    pub async fn rows_naming(db: &tokio_postgres::Client, table: &str, needle: &str) -> i64 {
+        db.query_one(
+            &format!("SELECT COUNT(*) FROM {table} x WHERE strpos(x::text, $1) > 0"),
+            &[&needle],
+        )
+        .await
+        .expect("count")
+        .get(0)
+    }
+
     /// A database name for a test's data directory (the same directory, the same database).
     pub fn db_name(data_dir: &Path) -> String {
         let n: String = data_dir

@@ -378,8 +378,31 @@ pub trait Store: Send + Sync {
     async fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>>;
     /// At most `limit` audit entries after entry `after`, in order.
     async fn audit_page(&self, after: i64, limit: usize) -> Result<Vec<audit::AuditEntry>>;
-    /// Feeds the whole trail, in order, to `v` (which may hold checkpoints to check it against).
-    async fn verify_audit(&self, v: audit::Verifier) -> Result<Verification>;
+    /// Each decision and override against its audit entry (the trail itself verified, `entries`
+    /// long): the first that does not read as its entry says, with the entry's number.
+    async fn cross_check_decisions(&self, entries: i64) -> Result<Option<(i64, String)>>;
+    /// Feeds the whole trail to `v` a page at a time (the store is free for check-ins between
+    /// pages), then cross-checks the decisions against it.
+    async fn verify_audit(&self, mut v: audit::Verifier) -> Result<Verification> {
+        const PAGE: usize = 2000;
+        loop {
+            let page = self.audit_page(v.last_seq(), PAGE).await?;
+            let full = page.len() == PAGE;
+            for e in &page {
+                if !v.feed(e) {
+                    return Ok(v.finish());
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        let mut out = v.finish();
+        if out.first_broken.is_none() {
+            out.first_broken = self.cross_check_decisions(out.entries as i64).await?;
+        }
+        Ok(out)
+    }
     /// Stores an issued credential with its audit entry (holder, role, property, expiry; no hash).
     async fn add_credential(&self, c: &CredentialRow, actor: &str, now_ms: i64) -> Result<()>;
     /// Every issued credential, revoked and expired ones included, oldest first.

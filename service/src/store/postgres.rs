@@ -15,7 +15,7 @@
 //! WAL and any base backups hold old row versions until they are recycled (README, "Several nodes
 //! on PostgreSQL": what erasure means there).
 
-use super::audit::{self, AuditEntry, AuditEvent, Verification};
+use super::audit::{self, AuditEntry, AuditEvent};
 use super::cipher::{self, template_aad, TemplateKeys};
 use super::pg_schema::{MIGRATIONS, MIGRATION_LOCK};
 use super::rows::{
@@ -711,7 +711,7 @@ impl PgStore {
         }
     }
 
-    async fn cross_check_decisions(&self, entries: i64) -> Result<Option<(i64, String)>> {
+    async fn cross_check_rows(&self, entries: i64) -> Result<Option<(i64, String)>> {
         const PAGE: i64 = 2000;
         let mut after = String::new();
         loop {
@@ -771,6 +771,10 @@ impl PgStore {
 
 #[tonic::async_trait]
 impl Store for PgStore {
+    async fn cross_check_decisions(&self, entries: i64) -> Result<Option<(i64, String)>> {
+        self.cross_check_rows(entries).await
+    }
+
     fn postgres(&self) -> Option<&PgStore> {
         Some(self)
     }
@@ -1434,27 +1438,6 @@ impl Store for PgStore {
             })
         })
         .collect()
-    }
-
-    async fn verify_audit(&self, mut v: audit::Verifier) -> Result<Verification> {
-        const PAGE: usize = 2000;
-        loop {
-            let page = self.audit_page(v.last_seq(), PAGE).await?;
-            let full = page.len() == PAGE;
-            for e in &page {
-                if !v.feed(e) {
-                    return Ok(v.finish());
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-        let mut out = v.finish();
-        if out.first_broken.is_none() {
-            out.first_broken = self.cross_check_decisions(out.entries as i64).await?;
-        }
-        Ok(out)
     }
 
     async fn add_credential(&self, cr: &CredentialRow, actor: &str, now_ms: i64) -> Result<()> {

@@ -2,7 +2,7 @@
 //! applied at open; templates sealed with the template keys (`cipher`). Each call runs on the
 //! blocking pool (`spawn_blocking`) with the one connection.
 
-use super::audit::{self, AuditEntry, AuditEvent, Verification};
+use super::audit::{self, AuditEntry, AuditEvent};
 use super::cipher::{self, template_aad, TemplateKeys};
 use super::rows::{
     append_audit, check_decision, code_mac, cred_row, dec_row, names_json, res_row, tpl_row, vec_to_blob, CrossRow,
@@ -260,7 +260,7 @@ impl SqliteStore {
     /// decision row without one, or whose outcome, reservation or final outcome differs from what
     /// the trail says, is named with its entry's number (the trail's end + 1 when it has none).
     /// Decisions are read in pages, so the connection is free between them.
-    async fn cross_check_decisions(&self, entries: i64) -> Result<Option<(i64, String)>> {
+    async fn cross_check_rows(&self, entries: i64) -> Result<Option<(i64, String)>> {
         const PAGE: i64 = 2000;
         let mut after = 0i64;
         loop {
@@ -322,6 +322,10 @@ impl SqliteStore {
 
 #[tonic::async_trait]
 impl Store for SqliteStore {
+    async fn cross_check_decisions(&self, entries: i64) -> Result<Option<(i64, String)>> {
+        self.cross_check_rows(entries).await
+    }
+
     async fn upsert_reservation(&self, r: &ReservationInput, actor: &str, now_ms: i64) -> Result<Upserted> {
         let (r, actor) = (r.clone(), actor.to_string());
         self.run(move |c| {
@@ -945,28 +949,6 @@ impl Store for SqliteStore {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
-    }
-
-    async fn verify_audit(&self, mut v: audit::Verifier) -> Result<Verification> {
-        // A page at a time: the connection is free for check-ins between pages.
-        const PAGE: usize = 2000;
-        loop {
-            let page = self.audit_page(v.last_seq(), PAGE).await?;
-            let full = page.len() == PAGE;
-            for e in &page {
-                if !v.feed(e) {
-                    return Ok(v.finish());
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-        let mut out = v.finish();
-        if out.first_broken.is_none() {
-            out.first_broken = self.cross_check_decisions(out.entries as i64).await?;
-        }
-        Ok(out)
     }
 
     async fn add_credential(&self, cr: &CredentialRow, actor: &str, now_ms: i64) -> Result<()> {

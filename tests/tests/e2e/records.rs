@@ -274,7 +274,7 @@ async fn templates_are_sealed_at_rest_and_the_key_rotates() {
 /// stored template vector (the column as the server wrote it).
 async fn stored_bytes(dir: &Path) -> Vec<u8> {
     if lobby_tests::pg::enabled() {
-        let db = pg_client(dir).await;
+        let db = lobby_tests::pg::client(dir).await;
         let rows = db.query("SELECT vector FROM templates", &[]).await.unwrap();
         return rows.iter().flat_map(|r| r.get::<_, Vec<u8>>(0)).collect();
     }
@@ -288,7 +288,7 @@ async fn stored_bytes(dir: &Path) -> Vec<u8> {
 /// The template keys the stored templates name.
 async fn key_ids(dir: &Path) -> Vec<String> {
     if lobby_tests::pg::enabled() {
-        let db = pg_client(dir).await;
+        let db = lobby_tests::pg::client(dir).await;
         let rows = db.query("SELECT DISTINCT key_id FROM templates", &[]).await.unwrap();
         return rows.iter().map(|r| r.get(0)).collect();
     }
@@ -299,13 +299,6 @@ async fn key_ids(dir: &Path) -> Vec<String> {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .unwrap()
-}
-
-async fn pg_client(dir: &Path) -> tokio_postgres::Client {
-    let url = lobby_tests::pg::cluster().unwrap().url(&lobby_tests::pg::db_name(dir));
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    db
 }
 
 /// A booking that now names another person (another guest reference) drops the first person's
@@ -372,7 +365,7 @@ async fn a_busy_wal_is_retried_and_reported() {
     book(&s, &g[1].0).await;
     if lobby_tests::pg::enabled() {
         // A session holding the lock VACUUM needs (another maintenance job, say).
-        let other = pg_client(&dir).await;
+        let other = lobby_tests::pg::client(&dir).await;
         other.batch_execute("BEGIN").await.unwrap();
         other
             .batch_execute("LOCK TABLE templates IN SHARE UPDATE EXCLUSIVE MODE")
@@ -396,16 +389,9 @@ async fn a_busy_wal_is_retried_and_reported() {
             assert!(std::time::Instant::now() < deadline, "VACUUM never ran");
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        let db = pg_client(&dir).await;
+        let db = lobby_tests::pg::client(&dir).await;
         for table in ["guests", "reservations", "templates", "decisions", "audit", "changes"] {
-            let n: i64 = db
-                .query_one(
-                    &format!("SELECT COUNT(*) FROM {table} x WHERE strpos(x::text, $1) > 0"),
-                    &[&id.as_str()],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let n = lobby_tests::pg::rows_naming(&db, table, id).await;
             assert_eq!(n, 0, "{table} still names the erased guest");
         }
         s.stop().await;

@@ -592,11 +592,7 @@ async fn erased_is_gone(s: &TestServer, id: &str, photos: &[PathBuf]) {
     assert!(!after.reasons.contains(&(pv::Reason::Matched as i32)), "still matched");
     let one = check_in(s, &photos[1], &code_of(id), "").await;
     assert_ne!(outcome(&one), pv::Outcome::Approved);
-    let url = lobby_tests::pg::cluster()
-        .unwrap()
-        .url(&lobby_tests::pg::db_name(&s.data_dir));
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let db = lobby_tests::pg::client(&s.data_dir).await;
     for table in [
         "guests",
         "reservations",
@@ -607,14 +603,7 @@ async fn erased_is_gone(s: &TestServer, id: &str, photos: &[PathBuf]) {
         "changes",
     ] {
         for needle in [id, guest_id.as_str(), reason.as_str()] {
-            let n: i64 = db
-                .query_one(
-                    &format!("SELECT COUNT(*) FROM {table} x WHERE strpos(x::text, $1) > 0"),
-                    &[&needle],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let n = lobby_tests::pg::rows_naming(&db, table, needle).await;
             assert_eq!(n, 0, "{table} still names {needle:?}");
         }
     }
@@ -924,11 +913,7 @@ async fn altered_audit_row_is_named() {
 /// `altered_audit_row_is_named` on PostgreSQL: the same two alterations, by someone who may
 /// connect to the database as its owner (and so drop the append-only trigger).
 async fn altered_audit_row_on_postgres(s: &TestServer, decision_id: &str) {
-    let url = lobby_tests::pg::cluster()
-        .unwrap()
-        .url(&lobby_tests::pg::db_name(&s.data_dir));
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let db = lobby_tests::pg::client(&s.data_dir).await;
     let mut staff = s.staff().await;
     let seq: i64 = db
         .query_one(
@@ -988,11 +973,7 @@ enum RawDb {
 impl RawDb {
     async fn open(data_dir: &std::path::Path) -> RawDb {
         if lobby_tests::pg::enabled() {
-            let url = lobby_tests::pg::cluster()
-                .unwrap()
-                .url(&lobby_tests::pg::db_name(data_dir));
-            let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
+            let db = lobby_tests::pg::client(data_dir).await;
             RawDb::Pg(db)
         } else {
             RawDb::Lite(rusqlite::Connection::open(data_dir.join("lobby.sqlite3")).unwrap())
